@@ -1,0 +1,157 @@
+"""`vision-batch`: run, estimate, serve-local. Errors are one line; exit 0 / 1 / 2 (DESIGN.md)."""
+
+from __future__ import annotations
+
+import argparse
+import secrets
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+
+from pipeline import auth, config, local_endpoint
+from pipeline.auth import AuthError, Credentials
+from pipeline.client import EndpointError, preflight
+from pipeline.config import LOCAL_ENDPOINT, ConfigError, RunConfig
+from pipeline.limits import LimitsError, load_catalog
+from pipeline.resources import samples_dir
+from pipeline.run import RunResult
+from pipeline.sink import TableError
+from pipeline.source import InputError
+
+USER_ERRORS = (AuthError, EndpointError, InputError, TableError, LimitsError)
+
+
+def _input_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--conf", help="YAML run configuration (see conf/local.yml)")
+    p.add_argument("--input", help="folder or volume path to caption (recursive)")
+    p.add_argument("--table", help="captions table: a name, or a path when it contains '/'")
+    p.add_argument("--endpoint", help="serving endpoint name")
+    p.add_argument("--host", help="workspace URL; default from the Databricks SDK auth")
+    p.add_argument("--prompt", help="instruction sent with every image")
+    p.add_argument("--max-tokens", type=int, dest="max_tokens")
+    p.add_argument("--mode", choices=("udf", "sql"))
+    p.add_argument("--max-concurrency", type=int, dest="max_concurrency",
+                   help="requests in flight across the whole run")
+    p.add_argument("--max-rpm", type=int, dest="max_rpm", help="requests per minute, whole run")
+    p.add_argument("--request-timeout", type=float, dest="request_timeout",
+                   help="seconds per attempt")
+    p.add_argument("--max-attempts", type=int, dest="max_attempts")
+    p.add_argument("--max-files-per-batch", type=int, dest="max_files_per_batch")
+    p.add_argument("--response-schema", dest="response_schema",
+                   help="JSON Schema file for structured answers")
+    p.add_argument("--caption-field", dest="caption_field",
+                   help="field of the structured answer stored as the caption")
+    p.add_argument("--model-family", dest="model_family",
+                   help="limits family from conf/models.yml (default: by endpoint name)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vision-batch",
+        description="Caption every image in a folder with a vision model, into Delta tables.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    run_p = commands.add_parser("run", help="caption the files under --input")
+    _input_flags(run_p)
+    run_p.set_defaults(func=cmd_run)
+    serve_p = commands.add_parser("serve-local", help="serve the local reference model")
+    local_endpoint.add_arguments(serve_p)
+    serve_p.set_defaults(func=local_endpoint.serve)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        return _fail(str(exc), 2)
+    except USER_ERRORS as exc:
+        return _fail(str(exc), 1)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+    except Exception as exc:  # a Spark or JVM failure: its first line, not the stack trace
+        first = next((line for line in str(exc).splitlines() if line.strip()), "")
+        return _fail(f"{type(exc).__name__}: {first[:400]}", 1)
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"vision-batch: error: {message}", file=sys.stderr)
+    return code
+
+
+def load_config(args: argparse.Namespace) -> RunConfig:
+    flags = {k: getattr(args, k, None) for k in config.FIELDS}
+    env_host = None if args.host else auth.environment_host()
+    return config.build(flags, args.conf, env_host)
+
+
+@contextmanager
+def connected(cfg: RunConfig) -> Iterator[tuple[RunConfig, Credentials]]:
+    """Credentials for the configured host, or the embedded local endpoint when there is none."""
+    if cfg.host:
+        if not cfg.endpoint:
+            raise ConfigError("--endpoint is required when a host is configured")
+        if not cfg.input:
+            raise ConfigError("--input is required when a host is configured")
+        credentials = auth.resolve(cfg.host, "configured")
+        if "/serving-endpoints/" in cfg.chat_path:
+            preflight(credentials, cfg.endpoint)
+        yield cfg, credentials
+        return
+    token = secrets.token_urlsafe(24)
+    family = load_catalog(cfg.models_file).family(
+        cfg.endpoint or LOCAL_ENDPOINT, cfg.model_family
+    )
+    options = local_endpoint.EndpointOptions(token=token, family=family)
+    with local_endpoint.LocalEndpoint(options).start() as server:
+        cfg = replace(
+            cfg,
+            endpoint=cfg.endpoint or LOCAL_ENDPOINT,
+            input=cfg.input or str(samples_dir()),
+            extra={"local_endpoint": server.url},
+        )
+        print(f"No Databricks host configured: using the local reference model at {server.url}")
+        yield cfg, auth.static(server.url, token, "local")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pipeline.run import run
+
+    cfg = load_config(args)
+    if cfg.mode == "sql":
+        raise ConfigError("--mode sql is not available yet; use --mode udf")
+    with connected(cfg) as (cfg, credentials):
+        result = run(cfg, credentials)
+    print(summary(result))
+    return 0
+
+
+def summary(r: RunResult) -> str:
+    s = r.statuses
+    lines = [
+        f"run {r.run_id}: {r.status} in {r.seconds:.1f} s",
+        f"  files   {r.listed} listed, {r.skipped} already done, {s['ok']} ok, "
+        f"{s['invalid']} invalid, {s['failed']} failed",
+    ]
+    if r.error_classes:
+        lines.append(
+            "  errors  " + ", ".join(f"{k} {v}" for k, v in sorted(r.error_classes.items()))
+        )
+    lines += [
+        f"  tokens  {r.total_tokens:,} (prompt {r.prompt_tokens:,}, completion "
+        f"{r.completion_tokens:,}) over {r.requests} requests, {r.retries} retries",
+        f"  speed   {r.images_per_s:.1f} images/s"
+        + (
+            f", latency p50 {r.latency_p50_ms:.0f} ms, p95 {r.latency_p95_ms:.0f} ms"
+            if r.latency_p50_ms is not None
+            else ""
+        ),
+        f"  table   {r.table}",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,254 @@
+"""The async chat-completions client: bounded, adaptive concurrency and retries that end.
+
+One `CaptionClient` lives in each Spark task. It keeps one pooled httpx.AsyncClient, admits
+at most the task's share of the run's concurrency budget, halves that share when the
+endpoint answers 429 and grows it back one request per window of successes (AIMD), and
+retries what can still succeed with full-jitter exponential backoff or the server's
+Retry-After.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import random
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import httpx
+
+from pipeline.auth import Credentials
+from pipeline.payloads import Answer, BadResponse, error_message, parse_answer
+
+# Longest wait we accept from a Retry-After header; a server asking for more is treated as
+# "later", and the row fails as rate_limited after its attempts rather than stalling a task.
+MAX_RETRY_AFTER_S = 300.0
+
+RETRIABLE = {"rate_limited", "timeout", "server_error", "connection_error", "bad_response"}
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    url: str
+    credentials: Credentials
+    timeout_s: float
+    max_attempts: int
+    concurrency: int  # this task's share of the run's budget
+    rpm: float | None = None  # this task's share of the requests-per-minute cap
+    backoff_base_s: float = 0.5
+    backoff_cap_s: float = 30.0
+
+
+@dataclass
+class CallResult:
+    answer: Answer | None
+    error_class: str | None
+    error_message: str | None
+    attempts: int
+    latency_ms: int | None
+    throttled: int = 0  # how many 429s this row met
+
+    @property
+    def ok(self) -> bool:
+        return self.answer is not None
+
+
+@dataclass
+class _Attempt:
+    error_class: str | None
+    message: str | None
+    answer: Answer | None = None
+    retry_after_s: float | None = None
+
+
+class AdaptiveLimit:
+    """AIMD concurrency limit: halve on throttling, +1 per window of successes.
+
+    Only one halving per "epoch": requests already in flight when the limit dropped carry the
+    old epoch, so a burst of 429s from one overload halves the limit once, not to 1.
+    """
+
+    def __init__(self, maximum: int) -> None:
+        self.maximum = maximum
+        self.limit = float(maximum)
+        self.in_flight = 0
+        self.epoch = 0
+        self.peak = 0
+        self._changed = asyncio.Condition()
+
+    async def acquire(self) -> int:
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.in_flight < int(self.limit))
+            self.in_flight += 1
+            self.peak = max(self.peak, self.in_flight)
+            return self.epoch
+
+    async def release(self, epoch: int, throttled: bool) -> None:
+        async with self._changed:
+            self.in_flight -= 1
+            if throttled and epoch == self.epoch:
+                self.limit = max(1.0, self.limit / 2)
+                self.epoch += 1
+            elif not throttled:
+                self.limit = min(float(self.maximum), self.limit + 1 / self.limit)
+            self._changed.notify_all()
+
+
+class RateGate:
+    """Spaces request starts evenly to stay under a requests-per-minute cap."""
+
+    def __init__(self, rpm: float | None) -> None:
+        self.interval = 60.0 / rpm if rpm else 0.0
+        self._next = 0.0
+        self._lock = asyncio.Lock()
+
+    async def wait(self) -> None:
+        if not self.interval:
+            return
+        async with self._lock:
+            now = time.monotonic()
+            start = max(now, self._next)
+            self._next = start + self.interval
+        await asyncio.sleep(start - now)
+
+
+def retry_after_seconds(value: str | None, now: datetime | None = None) -> float | None:
+    """Retry-After as seconds: either delta-seconds or an HTTP date (RFC 9110)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - (now or datetime.now(timezone.utc))).total_seconds())
+
+
+def classify_status(status: int) -> str:
+    if status == 429:
+        return "rate_limited"
+    if status == 408:
+        return "timeout"
+    if status in (401, 403):
+        return "auth"
+    if status >= 500:
+        return "server_error"
+    return "rejected"
+
+
+def backoff_seconds(attempt: int, base: float, cap: float, rng: random.Random) -> float:
+    """Full jitter: uniform in [0, min(cap, base * 2**attempt)]."""
+    return rng.uniform(0.0, min(cap, base * (2**attempt)))
+
+
+@dataclass
+class CaptionClient:
+    settings: ClientSettings
+    rng: random.Random = field(default_factory=random.Random)
+
+    async def __aenter__(self) -> CaptionClient:
+        s = self.settings
+        self.limit = AdaptiveLimit(s.concurrency)
+        self.gate = RateGate(s.rpm)
+        self._http = httpx.AsyncClient(
+            timeout=httpx.Timeout(s.timeout_s, connect=min(10.0, s.timeout_s)),
+            limits=httpx.Limits(
+                max_connections=s.concurrency, max_keepalive_connections=s.concurrency
+            ),
+            headers={**s.credentials.header_dict(), "Content-Type": "application/json"},
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._http.aclose()
+
+    async def call(self, body: bytes, caption_field: str, structured: bool) -> CallResult:
+        """Send one request body, retrying until it succeeds or cannot."""
+        s = self.settings
+        attempt = _Attempt("connection_error", "No attempt was made.")
+        throttled = 0
+        latency_ms = None
+        for number in range(1, s.max_attempts + 1):
+            await self.gate.wait()
+            epoch = await self.limit.acquire()
+            started = time.perf_counter()
+            try:
+                attempt = await self._attempt(body, caption_field, structured)
+            finally:
+                latency_ms = int((time.perf_counter() - started) * 1000)
+                await self.limit.release(epoch, attempt.error_class == "rate_limited")
+            if attempt.answer is not None:
+                return CallResult(attempt.answer, None, None, number, latency_ms, throttled)
+            throttled += attempt.error_class == "rate_limited"
+            if attempt.error_class not in RETRIABLE or number == s.max_attempts:
+                return CallResult(
+                    None, attempt.error_class, attempt.message, number, latency_ms, throttled
+                )
+            if attempt.retry_after_s is not None:
+                delay = min(attempt.retry_after_s, MAX_RETRY_AFTER_S)
+            else:
+                delay = backoff_seconds(number - 1, s.backoff_base_s, s.backoff_cap_s, self.rng)
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable: the loop returns on its last attempt")
+
+    async def _attempt(self, body: bytes, caption_field: str, structured: bool) -> _Attempt:
+        try:
+            response = await self._http.post(self.settings.url, content=body)
+        except httpx.TimeoutException:
+            return _Attempt(
+                "timeout", f"No answer within {self.settings.timeout_s:g} s."
+            )
+        except httpx.TransportError as exc:
+            return _Attempt("connection_error", f"The connection failed ({type(exc).__name__}).")
+        if response.status_code == 200:
+            try:
+                return _Attempt(None, None, parse_answer(response.content, caption_field,
+                                                         structured))
+            except BadResponse as exc:
+                return _Attempt("bad_response", str(exc))
+        error_class = classify_status(response.status_code)
+        detail = error_message(response.content) or response.reason_phrase or "no detail"
+        return _Attempt(
+            error_class,
+            f"The endpoint answered HTTP {response.status_code}: {detail[:300]}",
+            retry_after_s=retry_after_seconds(response.headers.get("Retry-After"))
+            if response.status_code in (429, 503)
+            else None,
+        )
+
+
+class EndpointError(RuntimeError):
+    """The endpoint cannot be used at all (unreachable, token refused, unknown name)."""
+
+
+def preflight(credentials: Credentials, endpoint: str, timeout_s: float = 15.0) -> None:
+    """Check host, token and endpoint once before any work, with the serving-endpoints API.
+
+    A wrong host or token would otherwise surface as one failed row per file.
+    """
+    url = f"{credentials.host}/api/2.0/serving-endpoints/{endpoint}"
+    try:
+        response = httpx.get(url, headers=credentials.header_dict(), timeout=timeout_s)
+    except httpx.HTTPError as exc:
+        raise EndpointError(
+            f"cannot reach {credentials.host} ({type(exc).__name__})"
+        ) from None
+    if response.status_code in (401, 403):
+        raise EndpointError(
+            f"{credentials.host} refused the credentials (HTTP {response.status_code})"
+        )
+    if response.status_code == 404:
+        raise EndpointError(f"serving endpoint {endpoint!r} not found on {credentials.host}")
+    if response.status_code >= 400:
+        detail = error_message(response.content) or response.reason_phrase
+        raise EndpointError(
+            f"{credentials.host} answered HTTP {response.status_code} for endpoint "
+            f"{endpoint!r}: {detail[:200]}"
+        )

@@ -1,0 +1,150 @@
+"""The run configuration: one typed dataclass, loaded from YAML and flags, validated once.
+
+Precedence (DESIGN.md): command-line flags, then the environment (the Databricks SDK's unified
+auth resolves host and token), then the --conf file, then the defaults below. Credentials are
+never part of this object: it is printed, logged and stored in the runs table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from pipeline.payloads import PromptSpec
+
+DEFAULT_PROMPT = (
+    "Describe this image in one or two sentences, as alt text for someone who cannot see it."
+)
+LOCAL_ENDPOINT = "local-reference"
+
+
+class ConfigError(ValueError):
+    """A setting is missing or wrong; the message names the key."""
+
+
+@dataclass
+class RunConfig:
+    # Input and output
+    input: str | None = None
+    table: str = "output/captions"
+    # Endpoint
+    endpoint: str | None = None
+    host: str | None = None
+    # Path of the chat call under the host. With {endpoint} in it the endpoint is in the URL
+    # (Databricks invocations); without, it is sent as `model` (OpenAI-style servers).
+    chat_path: str = "/serving-endpoints/{endpoint}/invocations"
+    model_family: str | None = None
+    models_file: str | None = None
+    # Prompt and model parameters
+    prompt: str = DEFAULT_PROMPT
+    max_tokens: int = 256
+    temperature: float | None = None
+    response_schema: str | None = None
+    caption_field: str = "caption"
+    # Execution
+    mode: str = "udf"
+    max_concurrency: int = 8
+    max_rpm: int | None = None
+    request_timeout: float = 120.0
+    max_attempts: int = 5
+    max_files_per_batch: int = 1000
+    # Filled by the run, not by users: where the local endpoint was started, if it was.
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> RunConfig:
+        if self.mode not in ("udf", "sql"):
+            raise ConfigError(f"mode must be 'udf' or 'sql', not {self.mode!r}")
+        for key in ("max_tokens", "max_concurrency", "max_attempts", "max_files_per_batch"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be at least 1, not {getattr(self, key)!r}")
+        if self.max_rpm is not None and self.max_rpm < 1:
+            raise ConfigError(f"max_rpm must be at least 1, not {self.max_rpm!r}")
+        if self.request_timeout <= 0:
+            raise ConfigError(f"request_timeout must be positive, not {self.request_timeout!r}")
+        if not self.prompt.strip():
+            raise ConfigError("prompt must not be empty")
+        if not self.chat_path.startswith("/"):
+            raise ConfigError(f"chat_path must start with '/': {self.chat_path!r}")
+        return self
+
+    def prompt_spec(self) -> PromptSpec:
+        schema = None
+        if self.response_schema:
+            try:
+                schema = json.loads(Path(self.response_schema).read_text(encoding="utf-8"))
+            except OSError as exc:
+                raise ConfigError(
+                    f"response_schema: cannot read {self.response_schema}: {exc.strerror}"
+                ) from None
+            except ValueError as exc:
+                raise ConfigError(f"response_schema: {self.response_schema} is not JSON: {exc}")
+        return PromptSpec(
+            self.prompt, self.max_tokens, self.temperature, schema, self.caption_field
+        )
+
+    def public(self) -> dict[str, Any]:
+        """The effective configuration, safe to print and store (it never holds secrets)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(RunConfig) if f.name != "extra"}
+_TYPES = get_type_hints(RunConfig)
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """Check one YAML value against the field's type; say which key when it is wrong."""
+    hint = _TYPES[key]
+    allowed = get_args(hint) if get_origin(hint) in (Union, types.UnionType) else (hint,)
+    if value is None:
+        if type(None) in allowed:
+            return None
+        raise ConfigError(f"{key} must not be empty")
+    for kind in allowed:
+        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if kind is str and isinstance(value, str):
+            return value
+    names = " or ".join(k.__name__ for k in allowed if k is not type(None))
+    raise ConfigError(f"{key} must be {names}, not {value!r}")
+
+
+def from_mapping(values: dict[str, Any], source: str) -> dict[str, Any]:
+    unknown = sorted(set(values) - set(FIELDS))
+    if unknown:
+        raise ConfigError(f"{source}: unknown key {unknown[0]!r} (known: {', '.join(FIELDS)})")
+    return {k: _coerce(k, v) for k, v in values.items()}
+
+
+def load_file(path: str) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"--conf {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--conf {path}: not valid YAML ({exc.problem})") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"--conf {path}: expected a mapping of settings")
+    return from_mapping(raw, path)
+
+
+def build(
+    flags: dict[str, Any], conf_file: str | None = None, env_host: str | None = None
+) -> RunConfig:
+    """Defaults < conf file < environment host < flags; flags set to None do not count."""
+    values: dict[str, Any] = {}
+    if conf_file:
+        values.update(load_file(conf_file))
+    if env_host:
+        values["host"] = env_host
+    values.update(from_mapping({k: v for k, v in flags.items() if v is not None}, "flags"))
+    return RunConfig(**values).validate()

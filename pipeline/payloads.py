@@ -1,0 +1,157 @@
+"""Chat-completions request bodies and answers: pure functions, no I/O.
+
+The body is the OpenAI chat-completions shape that Databricks serving endpoints, vLLM and
+Ollama all accept; images travel as base64 data URLs.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+
+class BadResponse(ValueError):
+    """The endpoint answered 2xx with a body we cannot use (not JSON, no text, bad schema)."""
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    """Everything that shapes the answer; its hash is the row's prompt_id."""
+
+    prompt: str
+    max_tokens: int
+    temperature: float | None = None
+    response_schema: dict[str, Any] | None = None
+    caption_field: str = "caption"
+
+    @property
+    def prompt_id(self) -> str:
+        canonical = json.dumps(
+            {
+                "prompt": self.prompt,
+                "max_tokens": self.max_tokens,
+                "temperature": self.temperature,
+                "response_schema": self.response_schema,
+                "caption_field": self.caption_field if self.response_schema else None,
+            },
+            sort_keys=True,
+            separators=(",", ":"),
+        )
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    total_tokens: int | None
+
+
+@dataclass(frozen=True)
+class Answer:
+    caption: str
+    response_json: str | None
+    usage: Usage
+
+
+def data_url(mime: str, data: bytes) -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def chat_body(
+    spec: PromptSpec,
+    images: list[tuple[str, bytes]],
+    model: str | None = None,
+) -> dict[str, Any]:
+    """The request body for one prompt over `images` (mime, bytes) in order."""
+    content: list[dict[str, Any]] = [{"type": "text", "text": spec.prompt}]
+    content += [{"type": "image_url", "image_url": {"url": data_url(m, d)}} for m, d in images]
+    body: dict[str, Any] = {
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": spec.max_tokens,
+    }
+    if model:
+        body["model"] = model
+    if spec.temperature is not None:
+        body["temperature"] = spec.temperature
+    if spec.response_schema is not None:
+        body["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": "answer", "schema": spec.response_schema, "strict": True},
+        }
+    return body
+
+
+def encode(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def base64_length(n: int) -> int:
+    return 4 * ((n + 2) // 3)
+
+
+def image_byte_budget(
+    spec: PromptSpec, max_request_bytes: int, max_image_bytes: int, model: str | None = None
+) -> int:
+    """Largest raw image that keeps a one-image request within `max_request_bytes`."""
+    overhead = len(encode(chat_body(spec, [("image/jpeg", b"")], model)))
+    room = max_request_bytes - overhead
+    return max(0, min(max_image_bytes, room // 4 * 3))
+
+
+def parse_answer(raw: bytes, caption_field: str, structured: bool) -> Answer:
+    """Caption, structured JSON and usage from a chat-completions response body."""
+    try:
+        payload = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise BadResponse("The endpoint answered with a body that is not JSON.") from None
+    try:
+        text = payload["choices"][0]["message"]["content"]
+    except (KeyError, IndexError, TypeError):
+        raise BadResponse("The endpoint's answer has no choices[0].message.content.") from None
+    if isinstance(text, list):  # some servers return content parts
+        text = "".join(p.get("text", "") for p in text if isinstance(p, dict))
+    if not isinstance(text, str) or not text.strip():
+        raise BadResponse("The endpoint's answer is empty.")
+    response_json = None
+    caption = text.strip()
+    if structured:
+        try:
+            parsed = json.loads(text)
+        except ValueError:
+            raise BadResponse("The structured answer is not valid JSON.") from None
+        if not isinstance(parsed, dict) or not isinstance(parsed.get(caption_field), str):
+            raise BadResponse(f"The structured answer has no string field {caption_field!r}.")
+        response_json = json.dumps(parsed, ensure_ascii=False, sort_keys=True)
+        caption = parsed[caption_field]
+    usage = payload.get("usage") if isinstance(payload, dict) else None
+    usage = usage if isinstance(usage, dict) else {}
+    return Answer(
+        caption=caption,
+        response_json=response_json,
+        usage=Usage(
+            _int_or_none(usage.get("prompt_tokens")),
+            _int_or_none(usage.get("completion_tokens")),
+            _int_or_none(usage.get("total_tokens")),
+        ),
+    )
+
+
+def error_message(raw: bytes) -> str | None:
+    """The `message` of a Databricks JSON error body, if there is one."""
+    try:
+        payload = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if isinstance(payload, dict):
+        message = payload.get("message") or (payload.get("error") or {}).get("message")
+        if isinstance(message, str):
+            return message
+    return None
+
+
+def _int_or_none(value: Any) -> int | None:
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None

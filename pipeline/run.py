@@ -1,0 +1,370 @@
+"""One caption run, batch by batch: list, skip what is done, prepare, call, MERGE.
+
+Spark does all the heavy lifting on executors; the driver sees metadata (paths, counts),
+never image bytes. Each batch is materialized once per stage (localCheckpoint), so no UDF
+runs twice and no request is sent twice for one row.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+from pipeline import sink, source
+from pipeline.auth import Credentials
+from pipeline.client import ClientSettings
+from pipeline.config import RunConfig
+from pipeline.images import check_length
+from pipeline.limits import Catalog, ModelFamily, load_catalog
+from pipeline.payloads import PromptSpec, image_byte_budget
+from pipeline.spark import configure_session, get_spark
+from pipeline.udfs import CAPTIONED, PREPARED, CallPlan, caption_udf, prepare_udf
+
+DONE_STATUSES = ("ok", "invalid")
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    table: str
+    listed: int = 0
+    skipped: int = 0
+    statuses: Counter = field(default_factory=Counter)
+    error_classes: Counter = field(default_factory=Counter)
+    requests: int = 0
+    retries: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    latency_p50_ms: float | None = None
+    latency_p95_ms: float | None = None
+    seconds: float = 0.0
+    status: str = "running"
+
+    @property
+    def written(self) -> int:
+        return sum(self.statuses.values())
+
+    @property
+    def images_per_s(self) -> float:
+        return self.written / self.seconds if self.seconds else 0.0
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What every batch needs, resolved once on the driver."""
+
+    config: RunConfig
+    catalog: Catalog
+    family: ModelFamily
+    spec: PromptSpec
+    plan_client: ClientSettings
+    tables: sink.Tables
+    run_id: str
+
+    @property
+    def endpoint(self) -> str:
+        return self.config.endpoint or ""
+
+    @property
+    def prompt_id(self) -> str:
+        return self.spec.prompt_id
+
+    @property
+    def model(self) -> str | None:
+        return None if "{endpoint}" in self.config.chat_path else self.endpoint
+
+    @property
+    def image_budget(self) -> int:
+        return image_byte_budget(
+            self.spec, self.family.max_request_bytes, self.family.max_image_bytes, self.model
+        )
+
+
+def chat_url(config: RunConfig, host: str) -> str:
+    return host.rstrip("/") + config.chat_path.replace("{endpoint}", config.endpoint or "")
+
+
+def run(
+    config: RunConfig,
+    credentials: Credentials,
+    spark: SparkSession | None = None,
+    progress: Callable[[str], None] = print,
+) -> RunResult:
+    spark = spark or get_spark()
+    configure_session(spark)
+    catalog = load_catalog(config.models_file)
+    ctx = RunContext(
+        config=config,
+        catalog=catalog,
+        family=catalog.family(config.endpoint or "", config.model_family),
+        spec=config.prompt_spec(),
+        plan_client=ClientSettings(
+            url=chat_url(config, credentials.host),
+            credentials=credentials,
+            timeout_s=config.request_timeout,
+            max_attempts=config.max_attempts,
+            concurrency=config.max_concurrency,
+            rpm=config.max_rpm,
+        ),
+        tables=sink.resolve(spark, config.table),
+        run_id=uuid.uuid4().hex,
+    )
+    result = RunResult(ctx.run_id, ctx.tables.display)
+    started = datetime.now(timezone.utc)
+    _record(spark, ctx, result, started, None)
+    try:
+        _run_batches(spark, ctx, result, progress)
+        _summarize(spark, ctx, result)
+        result.status = "succeeded"
+        _record(spark, ctx, result, started, None)
+    except BaseException as exc:
+        result.status = "failed"
+        _record(spark, ctx, result, started, str(exc).splitlines()[0][:500] if str(exc) else
+                type(exc).__name__)
+        raise
+    return result
+
+
+def _run_batches(
+    spark: SparkSession, ctx: RunContext, result: RunResult, progress: Callable[[str], None]
+) -> None:
+    listing = source.list_files(spark, ctx.config.input)
+    result.listed = listing.count()
+    if result.listed == 0:
+        raise source.InputError(f"--input {ctx.config.input} holds no files")
+    todo = _todo(spark, ctx, listing)
+    pending = todo.count()
+    result.skipped = result.listed - pending
+    batches = -(-pending // ctx.config.max_files_per_batch)
+    progress(
+        f"{result.listed} files listed, {result.skipped} already done, "
+        f"{pending} to process in {batches} batch(es)"
+    )
+    began = time.perf_counter()
+    for number in range(batches):
+        rows = todo.filter(F.col("batch") == number).collect()  # metadata only
+        batch = _process_batch(spark, ctx, rows)
+        sink.merge_batch(spark, ctx.tables, batch)
+        counts = Counter({r["status"]: r["count"] for r in batch.groupBy("status").count()
+                          .collect()})
+        result.statuses.update(counts)
+        result.seconds = time.perf_counter() - began
+        progress(
+            f"batch {number + 1}/{batches}: {len(rows)} files, "
+            + ", ".join(f"{counts[s]} {s}" for s in ("ok", "invalid", "failed"))
+            + f"; {result.images_per_s:.1f} images/s so far"
+        )
+    todo.unpersist()
+
+
+def _todo(spark: SparkSession, ctx: RunContext, listing: DataFrame) -> DataFrame:
+    """Files not yet done for this endpoint and prompt, numbered into batches by path."""
+    done = (
+        spark.table(ctx.tables.captions)
+        .filter(
+            (F.col("endpoint") == ctx.endpoint)
+            & (F.col("prompt_id") == ctx.prompt_id)
+            & F.col("status").isin(*DONE_STATUSES)
+        )
+        .select("path", F.col("size_bytes").alias("length"),
+                F.col("modified_at").alias("modificationTime"))
+    )
+    todo = listing.join(done, ["path", "length", "modificationTime"], "left_anti")
+    order = Window.orderBy("path")
+    return todo.withColumn(
+        "batch",
+        F.floor((F.row_number().over(order) - 1) / ctx.config.max_files_per_batch),
+    ).localCheckpoint(eager=True)
+
+
+def _process_batch(spark: SparkSession, ctx: RunContext, rows: list) -> DataFrame:
+    bounds = ctx.catalog.input
+    gated, readable = [], []
+    for r in rows:
+        rejected = check_length(r["length"], bounds)
+        if rejected:
+            gated.append((r["path"], r["length"], r["modificationTime"], rejected))
+        else:
+            readable.append(r["path"])
+    prepared = _gated_frame(spark, gated)
+    if readable:
+        contents = source.read_contents(spark, readable)
+        udf = prepare_udf(ctx.family, bounds, ctx.image_budget)
+        read = contents.select(*source.METADATA, udf("content").alias("p")).select(
+            *source.METADATA, "p.*"
+        )
+        prepared = prepared.unionByName(read)
+    prepared = prepared.localCheckpoint(eager=True)
+    answers = _answers(spark, ctx, prepared)
+    return _rows(ctx, prepared, answers)
+
+
+def _gated_frame(spark: SparkSession, gated: list) -> DataFrame:
+    """Rows for files refused on their length alone: their bytes are never read."""
+    schema = "path STRING, length BIGINT, modificationTime TIMESTAMP, " + ", ".join(
+        f"{f.name} {f.dataType.simpleString()}" for f in PREPARED.fields
+    )
+    data = [
+        (path, length, mtime, None, None, None, None, None, None, None, None, None,
+         rejected.error_class, rejected.message, 0)
+        for path, length, mtime, rejected in gated
+    ]
+    return spark.createDataFrame(data, schema)
+
+
+def _answers(spark: SparkSession, ctx: RunContext, prepared: DataFrame) -> DataFrame:
+    """One answer per distinct content: reused from the table, or asked of the endpoint."""
+    valid = prepared.filter(F.col("error_class").isNull())
+    first = Window.partitionBy("content_sha256").orderBy("path")
+    distinct = (
+        valid.withColumn("rank", F.row_number().over(first))
+        .filter(F.col("rank") == 1)
+        .select("content_sha256", F.col("path").alias("answer_path"), "image", "mime",
+                "estimated_image_tokens")
+    )
+    known = (
+        spark.table(ctx.tables.captions)
+        .filter(
+            (F.col("endpoint") == ctx.endpoint)
+            & (F.col("prompt_id") == ctx.prompt_id)
+            & (F.col("status") == "ok")
+            & F.col("reused_from").isNull()
+        )
+        .join(distinct.select("content_sha256"), "content_sha256", "left_semi")
+        .withColumn("rank", F.row_number().over(first))
+        .filter(F.col("rank") == 1)
+        .select(
+            "content_sha256",
+            F.col("path").alias("answer_path"),
+            *[
+                (F.lit(0) if c == "attempts" else F.lit(0) if c == "throttled" else F.col(c))
+                .cast(CAPTIONED[c].dataType)
+                .alias(c)
+                for c in CAPTIONED.names
+            ],
+        )
+    )
+    to_call = distinct.join(known.select("content_sha256"), "content_sha256", "left_anti")
+    count = to_call.count()
+    if count == 0:
+        return known.localCheckpoint(eager=True)
+    tasks = max(1, min(spark.sparkContext.defaultParallelism, ctx.config.max_concurrency, count))
+    plan = CallPlan(ctx.plan_client, ctx.spec, ctx.model, tasks)
+    called = (
+        to_call.repartition(tasks)
+        .select(
+            "content_sha256",
+            "answer_path",
+            caption_udf(plan)("image", "mime", "estimated_image_tokens").alias("c"),
+        )
+        .select("content_sha256", "answer_path", "c.*")
+    )
+    return called.unionByName(known).localCheckpoint(eager=True)
+
+
+def _rows(ctx: RunContext, prepared: DataFrame, answers: DataFrame) -> DataFrame:
+    """The captions-table rows of one batch, one per file."""
+    p, a = prepared.alias("p"), answers.alias("a")
+    joined = p.join(a, F.col("p.content_sha256") == F.col("a.content_sha256"), "left")
+    invalid = F.col("p.error_class").isNotNull()
+    own = F.col("a.answer_path") == F.col("p.path")
+    reused = (~invalid) & (~own)
+
+    def answer(column: str):
+        return F.when(invalid, F.lit(None)).otherwise(F.col(f"a.{column}"))
+
+    return joined.select(
+        F.col("p.path").alias("path"),
+        F.col("p.content_sha256").alias("content_sha256"),
+        F.col("p.length").alias("size_bytes"),
+        F.col("p.modificationTime").alias("modified_at"),
+        *[F.col(f"p.{c}").alias(c) for c in
+          ("format", "width", "height", "sent_width", "sent_height", "sent_bytes")],
+        F.lit(ctx.endpoint).alias("endpoint"),
+        F.lit(ctx.prompt_id).alias("prompt_id"),
+        F.when(invalid, F.lit("invalid")).otherwise(F.col("a.status")).alias("status"),
+        F.coalesce(F.col("p.error_class"), F.col("a.error_class")).alias("error_class"),
+        F.coalesce(F.col("p.error_message"), F.col("a.error_message")).alias("error_message"),
+        *[answer(c).alias(c) for c in ("caption", "response_json", "prompt_tokens",
+                                       "completion_tokens", "total_tokens", "usage_source")],
+        F.col("p.estimated_image_tokens").alias("estimated_image_tokens"),
+        F.when(invalid | reused, F.lit(0)).otherwise(F.col("a.attempts")).alias("attempts"),
+        answer("latency_ms").alias("latency_ms"),
+        F.lit(ctx.run_id).alias("run_id"),
+        F.current_timestamp().alias("processed_at"),
+        F.when(reused, F.col("a.answer_path")).alias("reused_from"),
+    )
+
+
+def _summarize(spark: SparkSession, ctx: RunContext, result: RunResult) -> None:
+    """Run totals from the rows this run wrote."""
+    rows = spark.table(ctx.tables.captions).filter(F.col("run_id") == ctx.run_id)
+    paid = F.col("attempts") > 0
+    totals = rows.agg(
+        F.sum("attempts").alias("requests"),
+        F.sum(F.when(paid, F.col("attempts") - 1)).alias("retries"),
+        F.sum(F.when(paid, F.col("prompt_tokens"))).alias("prompt_tokens"),
+        F.sum(F.when(paid, F.col("completion_tokens"))).alias("completion_tokens"),
+        F.sum(F.when(paid, F.col("total_tokens"))).alias("total_tokens"),
+        F.percentile_approx(F.when(paid, F.col("latency_ms")), [0.5, 0.95]).alias("latency"),
+    ).first()
+    result.requests = int(totals["requests"] or 0)
+    result.retries = int(totals["retries"] or 0)
+    result.prompt_tokens = int(totals["prompt_tokens"] or 0)
+    result.completion_tokens = int(totals["completion_tokens"] or 0)
+    result.total_tokens = int(totals["total_tokens"] or 0)
+    if totals["latency"]:
+        result.latency_p50_ms, result.latency_p95_ms = (float(x) for x in totals["latency"])
+    result.error_classes = Counter(
+        {
+            r["error_class"]: r["count"]
+            for r in rows.filter(F.col("error_class").isNotNull())
+            .groupBy("error_class").count().collect()
+        }
+    )
+
+
+def _record(
+    spark: SparkSession,
+    ctx: RunContext,
+    result: RunResult,
+    started: datetime,
+    error: str | None,
+) -> None:
+    sink.upsert_run(
+        spark,
+        ctx.tables,
+        {
+            "run_id": ctx.run_id,
+            "started_at": started,
+            "ended_at": None if result.status == "running" else datetime.now(timezone.utc),
+            "status": result.status,
+            "mode": ctx.config.mode,
+            "endpoint": ctx.endpoint,
+            "prompt_id": ctx.prompt_id,
+            "listed": result.listed,
+            "skipped": result.skipped,
+            "ok": result.statuses["ok"],
+            "invalid": result.statuses["invalid"],
+            "failed": result.statuses["failed"],
+            "requests": result.requests,
+            "retries": result.retries,
+            "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": result.completion_tokens,
+            "total_tokens": result.total_tokens,
+            "images_per_s": result.images_per_s,
+            "latency_p50_ms": result.latency_p50_ms,
+            "latency_p95_ms": result.latency_p95_ms,
+            "error_message": error,
+            "config_json": json.dumps(ctx.config.public(), sort_keys=True, default=str),
+        },
+    )

@@ -1,0 +1,148 @@
+"""The Delta tables: created from the DDL in sql/, written batch by batch with MERGE.
+
+`--table` with a `/` in it is a path. Spark's SQL cannot MERGE into IDENTIFIER('delta.`path`')
+outside Databricks, so a path table is also registered under a stable name in the session
+catalog; every statement (ours and the SQL path's templates) then names it through
+IDENTIFIER(:table), and no value is ever formatted into SQL text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from pyspark.sql import DataFrame, Row, SparkSession
+
+from pipeline.resources import sql_text
+
+# Delta's optimistic concurrency: two runs merging into one table can conflict. The
+# loser retries against the new snapshot; these markers name the retriable conflicts.
+_CONFLICTS = (
+    "ConcurrentAppendException",
+    "ConcurrentDeleteReadException",
+    "ConcurrentDeleteDeleteException",
+    "ConcurrentTransactionException",
+    "MetadataChangedException",
+    "ProtocolChangedException",
+    "DELTA_CONCURRENT",
+    "DELTA_METADATA_CHANGED",
+    "DELTA_PROTOCOL_CHANGED",
+)
+MAX_COMMIT_ATTEMPTS = 8
+
+
+class TableError(RuntimeError):
+    """The table cannot be used (not Delta, unreadable); one line for the user."""
+
+
+@dataclass(frozen=True)
+class Tables:
+    captions: str  # a name IDENTIFIER() accepts
+    runs: str
+    location: str | None = None  # set for path tables
+
+    @property
+    def display(self) -> str:
+        return self.location or self.captions
+
+
+def is_path(table: str) -> bool:
+    return "/" in table
+
+
+def resolve(spark: SparkSession, table: str) -> Tables:
+    """Create both tables if needed (from sql/ DDL) and return the names to use."""
+    if not is_path(table):
+        tables = Tables(table, f"{table}_runs")
+        _with_retries(lambda: _create(spark, tables.captions, tables.runs))
+        return tables
+    location = _absolute(table)
+    _check_not_foreign(spark, location)
+    runs_location = location.rstrip("/") + "_runs"
+    _with_retries(
+        lambda: _create(spark, _delta_path(location), _delta_path(runs_location))
+    )
+    alias = "vision_batch_" + hashlib.sha1(location.encode()).hexdigest()[:12]
+    _register(spark, alias, location)
+    _register(spark, alias + "_runs", runs_location)
+    return Tables(alias, alias + "_runs", location)
+
+
+def merge_batch(spark: SparkSession, tables: Tables, batch: DataFrame) -> None:
+    """MERGE one batch into the captions table; retried when another writer got there first."""
+    columns = spark.table(tables.captions).schema
+    aligned = batch.select(
+        *[batch[f.name].cast(f.dataType).alias(f.name) for f in columns if f.name in batch.columns]
+    )
+    view = f"vision_batch_batch_{os.getpid()}_{random.randrange(1 << 30)}"
+    aligned.createOrReplaceTempView(view)
+    try:
+        _with_retries(
+            lambda: spark.sql(sql_text("merge_captions.sql"),
+                              args={"table": tables.captions, "batch": view})
+        )
+    finally:
+        spark.catalog.dropTempView(view)
+
+
+def upsert_run(spark: SparkSession, tables: Tables, row: dict[str, Any]) -> None:
+    schema = spark.table(tables.runs).schema
+    df = spark.createDataFrame([Row(**{f.name: row.get(f.name) for f in schema})], schema)
+    view = f"vision_batch_run_{os.getpid()}_{random.randrange(1 << 30)}"
+    df.createOrReplaceTempView(view)
+    try:
+        _with_retries(
+            lambda: spark.sql(sql_text("merge_run.sql"),
+                              args={"runs_table": tables.runs, "run": view})
+        )
+    finally:
+        spark.catalog.dropTempView(view)
+
+
+def _create(spark: SparkSession, captions: str, runs: str) -> None:
+    spark.sql(sql_text("create_captions.sql"), args={"table": captions})
+    spark.sql(sql_text("create_runs.sql"), args={"runs_table": runs})
+
+
+def _delta_path(location: str) -> str:
+    return "delta.`" + location.replace("`", "``") + "`"
+
+
+def _absolute(table: str) -> str:
+    if "://" in table or table.startswith("dbfs:") or table.startswith("file:"):
+        return table
+    return os.path.abspath(table)
+
+
+def _register(spark: SparkSession, name: str, location: str) -> None:
+    if not spark.catalog.tableExists(name):
+        spark.catalog.createTable(name, path=location, source="delta")
+
+
+def _check_not_foreign(spark: SparkSession, location: str) -> None:
+    """Refuse a folder that holds something other than a Delta table."""
+    from delta.tables import DeltaTable
+
+    jvm = spark.sparkContext._jvm
+    hpath = jvm.org.apache.hadoop.fs.Path(location)
+    fs = hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    if not fs.exists(hpath):
+        return
+    if not fs.getFileStatus(hpath).isDirectory():
+        raise TableError(f"--table {location} is a file, not a Delta table folder")
+    if len(fs.listStatus(hpath)) and not DeltaTable.isDeltaTable(spark, location):
+        raise TableError(f"--table {location} holds files but is not a Delta table")
+
+
+def _with_retries(action):
+    for attempt in range(1, MAX_COMMIT_ATTEMPTS + 1):
+        try:
+            return action()
+        except Exception as exc:
+            if attempt == MAX_COMMIT_ATTEMPTS or not any(m in str(exc) for m in _CONFLICTS):
+                raise
+            time.sleep(random.uniform(0, 0.2 * 2**attempt))

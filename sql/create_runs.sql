@@ -1,0 +1,27 @@
+-- The runs table: one row per run, written 'running' at the start and completed at the end,
+-- so a run that was killed stays visible as one that never finished.
+CREATE TABLE IF NOT EXISTS IDENTIFIER(:runs_table) (
+  run_id STRING NOT NULL,
+  started_at TIMESTAMP,
+  ended_at TIMESTAMP,
+  status STRING COMMENT 'running, succeeded or failed',
+  mode STRING COMMENT 'udf or sql',
+  endpoint STRING,
+  prompt_id STRING,
+  listed BIGINT COMMENT 'files listed under the input',
+  skipped BIGINT COMMENT 'already done for this endpoint and prompt',
+  ok BIGINT,
+  invalid BIGINT,
+  failed BIGINT,
+  requests BIGINT COMMENT 'HTTP requests sent, retries included',
+  retries BIGINT,
+  prompt_tokens BIGINT,
+  completion_tokens BIGINT,
+  total_tokens BIGINT,
+  images_per_s DOUBLE COMMENT 'rows written per second of processing',
+  latency_p50_ms DOUBLE,
+  latency_p95_ms DOUBLE,
+  error_message STRING COMMENT 'why the run failed, one line',
+  config_json STRING COMMENT 'effective configuration, without secrets'
+) USING DELTA
+TBLPROPERTIES ('delta.enableDeletionVectors' = 'true')

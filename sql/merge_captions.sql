@@ -1,0 +1,10 @@
+-- Merge one batch (the view :batch) into the captions table, keyed by (path, endpoint,
+-- prompt_id). Replaying a batch rewrites the same values; an answer already paid for ('ok'
+-- for the same bytes) is never replaced by a worse outcome from a concurrent or later run.
+MERGE INTO IDENTIFIER(:table) AS t
+USING IDENTIFIER(:batch) AS s
+ON t.path = s.path AND t.endpoint = s.endpoint AND t.prompt_id = s.prompt_id
+WHEN MATCHED AND NOT (
+  t.status = 'ok' AND s.status <> 'ok' AND t.content_sha256 <=> s.content_sha256
+) THEN UPDATE SET *
+WHEN NOT MATCHED THEN INSERT *
