@@ -83,7 +83,9 @@ class RunConfig:
                     f"response_schema: cannot read {self.response_schema}: {exc.strerror}"
                 ) from None
             except ValueError as exc:
-                raise ConfigError(f"response_schema: {self.response_schema} is not JSON: {exc}")
+                raise ConfigError(
+                    f"response_schema: {self.response_schema} is not JSON: {exc}"
+                ) from None
         return PromptSpec(
             self.prompt, self.max_tokens, self.temperature, schema, self.caption_field
         )

@@ -205,7 +205,9 @@ def _process_batch(spark: SparkSession, ctx: RunContext, rows: list) -> DataFram
         prepared = prepared.unionByName(read)
     prepared = prepared.localCheckpoint(eager=True)
     answers = _answers(spark, ctx, prepared)
-    return _rows(ctx, prepared, answers)
+    # Materialized so the MERGE source no longer reads the target table (Delta cannot build
+    # deletion vectors for a source that scans its own target) and counts match what merged.
+    return _rows(ctx, prepared, answers).localCheckpoint(eager=True)
 
 
 def _gated_frame(spark: SparkSession, gated: list) -> DataFrame:

@@ -8,6 +8,8 @@ paths of that batch, after the length gate and the skip of finished files.
 from __future__ import annotations
 
 import re
+from datetime import datetime
+from urllib.parse import unquote, urlsplit
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -41,7 +43,38 @@ def list_files(spark: SparkSession, input_path: str) -> DataFrame:
         if "PATH_NOT_FOUND" in str(exc) or "does not exist" in str(exc):
             raise InputError(f"--input {input_path} does not exist") from None
         raise
-    return files.select(*METADATA)
+    scanned = files.select(*METADATA)
+    return _with_empty_files(spark, files, scanned)
+
+
+def hadoop_path(uri: str) -> str:
+    """A file URI as binaryFile's `path` column spells it (Hadoop's Path.toString)."""
+    parts = urlsplit(uri)
+    path = unquote(parts.path)
+    return f"{parts.scheme}://{parts.netloc}{path}" if parts.netloc else f"{parts.scheme}:{path}"
+
+
+def _with_empty_files(spark: SparkSession, files: DataFrame, scanned: DataFrame) -> DataFrame:
+    """Add the zero-length files, which Spark's file scan drops without a word.
+
+    The file index (inputFiles) still knows them; when it holds more files than the scan
+    returns, the difference gets its metadata from the file system, one status per file.
+    """
+    indexed = files.inputFiles()
+    if len(indexed) == scanned.count():
+        return scanned
+    seen = spark.createDataFrame([(hadoop_path(u),) for u in indexed], "path STRING")
+    missing = [r["path"] for r in seen.join(scanned, "path", "left_anti").collect()]
+    jvm = spark.sparkContext._jvm
+    conf = spark.sparkContext._jsc.hadoopConfiguration()
+    rows = []
+    for path in missing:
+        hpath = jvm.org.apache.hadoop.fs.Path(path)
+        status = hpath.getFileSystem(conf).getFileStatus(hpath)
+        modified = datetime.fromtimestamp(status.getModificationTime() / 1000)
+        rows.append((path, int(status.getLen()), modified))
+    extra = spark.createDataFrame(rows, "path STRING, length BIGINT, modificationTime TIMESTAMP")
+    return scanned.unionByName(extra)
 
 
 def length_gate(bounds: InputBounds) -> Column:

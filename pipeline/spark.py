@@ -1,4 +1,4 @@
-"""The one Spark session factory: local Delta-enabled Spark on a laptop, the given one on Databricks."""
+"""The one Spark session factory: local Spark with Delta on a laptop, Databricks' own there."""
 
 from __future__ import annotations
 
@@ -71,6 +71,7 @@ def configure_session(spark: SparkSession) -> None:
 def quiet_python_loggers() -> None:
     # PySpark logs every failed SQL statement with its JVM stack trace; we report one line.
     logging.getLogger("SQLQueryContextLogger").disabled = True
+    logging.getLogger("DataFrameQueryContextLogger").disabled = True
     logging.getLogger("py4j").setLevel(logging.ERROR)
 
 

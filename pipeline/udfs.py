@@ -188,9 +188,8 @@ def caption_udf(plan: CallPlan):
             pending: deque[tuple[list[Future], pd.Series]] = deque()
 
             def finished(futures: list[Future], tokens: pd.Series) -> pd.DataFrame:
-                rows = [
-                    caption_row(f.result(), spec, int(t)) for f, t in zip(futures, tokens)
-                ]
+                pairs = zip(futures, tokens, strict=True)
+                rows = [caption_row(f.result(), spec, int(t)) for f, t in pairs]
                 return pd.DataFrame(rows, columns=CAPTIONED.names)
 
             try:
@@ -203,7 +202,7 @@ def caption_udf(plan: CallPlan):
                                 structured,
                             )
                         )
-                        for image, mime in zip(images, mimes)
+                        for image, mime in zip(images, mimes, strict=True)
                     ]
                     pending.append((futures, tokens))
                     # Keep one batch of read-ahead in flight so the semaphore stays full

@@ -1,6 +1,8 @@
 -- The captions table: one row per (path, endpoint, prompt_id). Shared by the UDF path and
 -- the SQL path. :table is bound through IDENTIFIER, never formatted into the text.
--- Deletion vectors let each batch's MERGE mark replaced rows instead of rewriting files.
+-- Frequent small MERGEs: optimized writes and auto compaction keep the file count down.
+-- Deletion vectors stay off: open-source Delta 4.0 cannot MERGE with them into a table that
+-- has a column named `path` (AMBIGUOUS_REFERENCE filePath), and `path` is in the contract.
 CREATE TABLE IF NOT EXISTS IDENTIFIER(:table) (
   path STRING NOT NULL COMMENT 'the file as Spark lists it',
   content_sha256 STRING COMMENT 'hex SHA-256 of the file bytes; NULL when never read',
@@ -31,6 +33,7 @@ CREATE TABLE IF NOT EXISTS IDENTIFIER(:table) (
   reused_from STRING COMMENT 'path whose answer (same bytes) this row took without a request'
 ) USING DELTA
 TBLPROPERTIES (
-  'delta.enableDeletionVectors' = 'true',
-  'delta.autoOptimize.optimizeWrite' = 'true'
+  'delta.enableDeletionVectors' = 'false',
+  'delta.autoOptimize.optimizeWrite' = 'true',
+  'delta.autoOptimize.autoCompact' = 'true'
 )

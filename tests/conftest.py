@@ -1,0 +1,67 @@
+"""Shared fixtures: one local Spark session for the whole run, local endpoints on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline import auth
+from pipeline.config import RunConfig
+from pipeline.local_endpoint import EndpointOptions, Faults, LocalEndpoint
+
+# Tests never talk to a real workspace, whatever the developer's shell holds.
+for _name in ("DATABRICKS_HOST", "DATABRICKS_TOKEN", "DATABRICKS_CONFIG_PROFILE"):
+    os.environ.pop(_name, None)
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+@pytest.fixture(scope="session")
+def spark():
+    from pipeline.spark import get_spark
+
+    session = get_spark("vision-batch-tests")
+    yield session
+    session.stop()
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., tuple[LocalEndpoint, auth.Credentials]]]:
+    """Start local endpoints with given options; each stops at the end of the test."""
+    started: list[LocalEndpoint] = []
+
+    def start(faults: Faults | None = None, **options: Any):
+        token = secrets.token_urlsafe(16)
+        endpoint = LocalEndpoint(
+            EndpointOptions(token=token, faults=faults or Faults(), **options)
+        ).start()
+        started.append(endpoint)
+        return endpoint, auth.static(endpoint.url, token, "test")
+
+    yield start
+    for endpoint in started:
+        endpoint.stop()
+
+
+@pytest.fixture
+def run_config(tmp_path: Path) -> Callable[..., RunConfig]:
+    """A RunConfig for a local run writing under tmp_path, with small fast defaults."""
+
+    def make(input_dir: Path, **overrides: Any) -> RunConfig:
+        base = RunConfig(
+            input=str(input_dir),
+            table=str(tmp_path / "tables" / "captions"),
+            endpoint="local-reference",
+            max_concurrency=4,
+            request_timeout=10.0,
+            max_attempts=3,
+        )
+        return replace(base, **overrides).validate()
+
+    return make

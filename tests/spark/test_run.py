@@ -1,0 +1,211 @@
+"""Whole runs on the shared local Spark session, real Delta tables, a real local endpoint."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from chispa import assert_df_equality
+from pyspark.sql import functions as F
+
+from pipeline import run as runner
+from pipeline import sink
+from pipeline.local_endpoint import Faults
+from tests import files
+
+
+def table(spark, cfg):
+    return spark.read.format("delta").load(cfg.table)
+
+
+def by_name(df) -> dict[str, dict]:
+    return {r["path"].rsplit("/", 1)[-1]: r.asDict() for r in df.collect()}
+
+
+def test_every_hostile_file_ends_as_one_row_with_its_exact_status(
+    spark, serve, run_config, tmp_path
+) -> None:
+    cases = files.write_folder(tmp_path / "in", files.hostile_cases())
+    endpoint, creds = serve()
+    cfg = run_config(tmp_path / "in")
+    result = runner.run(cfg, creds, spark, progress=lambda _: None)
+
+    rows = by_name(table(spark, cfg))
+    assert set(rows) == set(cases)  # one row per file, none missing
+    for name, case in cases.items():
+        row = rows[name]
+        assert (row["status"], row["error_class"]) == (case.status, case.error_class), name
+        assert row["format"] == case.format, name
+        if case.status == "ok":
+            assert row["caption"] and "local reference model" in row["caption"]
+            assert row["usage_source"] == "endpoint" and row["total_tokens"] > 0
+            assert row["estimated_image_tokens"] > 0 and row["attempts"] == 1
+            assert row["sent_bytes"] > 0 and row["error_message"] is None
+        else:
+            assert row["error_message"] and row["caption"] is None
+            assert row["attempts"] == 0 and row["sent_bytes"] is None
+    stats = endpoint.stats()
+    assert stats["rejected_400"] == 0  # nothing invalid was ever sent
+    ok = [c for c in cases.values() if c.status == "ok"]
+    assert stats["requests"] == len(ok) == result.statuses["ok"]
+    assert result.listed == len(cases) and result.status == "succeeded"
+
+    runs = spark.read.format("delta").load(cfg.table + "_runs").collect()
+    assert [(r.status, r.listed, r.ok, r.invalid, r.requests) for r in runs] == [
+        ("succeeded", len(cases), len(ok), len(cases) - len(ok), len(ok))
+    ]
+    assert "token" not in runs[0].config_json.lower().replace("max_tokens", "")
+
+
+def test_a_rerun_skips_what_is_done_and_redoes_only_failures(
+    spark, serve, run_config, tmp_path
+) -> None:
+    folder = tmp_path / "in"
+    for i in range(8):
+        (folder / f"img{i}.jpg").parent.mkdir(parents=True, exist_ok=True)
+        (folder / f"img{i}.jpg").write_bytes(files.jpeg(40 + i, 30))
+    (folder / "broken.jpg").write_bytes(files.truncated_jpeg())
+    failing, creds = serve(Faults(rate_503=1.0))
+    cfg = run_config(folder, max_attempts=2, max_files_per_batch=3)
+    first = runner.run(cfg, creds, spark, progress=lambda _: None)
+    assert first.statuses == {"failed": 8, "invalid": 1}
+    rows = by_name(table(spark, cfg))
+    assert {r["error_class"] for n, r in rows.items() if n != "broken.jpg"} == {"server_error"}
+    assert all(r["attempts"] == 2 for n, r in rows.items() if n != "broken.jpg")
+    assert failing.stats()["requests"] == 16
+
+    healthy, creds = serve()
+    second = runner.run(cfg, creds, spark, progress=lambda _: None)
+    assert (second.listed, second.skipped) == (9, 1)  # the invalid file is done
+    assert healthy.stats()["requests"] == 8
+    assert {r["status"] for r in by_name(table(spark, cfg)).values()} == {"ok", "invalid"}
+
+    third = runner.run(cfg, creds, spark, progress=lambda _: None)
+    assert (third.skipped, third.written) == (9, 0)
+    assert healthy.stats()["requests"] == 8
+    assert table(spark, cfg).count() == 9
+
+
+def test_identical_bytes_cost_one_request_and_every_path_keeps_its_row(
+    spark, serve, run_config, tmp_path
+) -> None:
+    folder = tmp_path / "in"
+    (folder / "a").mkdir(parents=True)
+    same = files.jpeg(50, 50)
+    for name in ("a/one.jpg", "two.jpg", "three copy.jpg"):
+        (folder / name).write_bytes(same)
+    endpoint, creds = serve()
+    cfg = run_config(folder)
+    runner.run(cfg, creds, spark, progress=lambda _: None)
+    rows = by_name(table(spark, cfg))
+    assert endpoint.stats()["requests"] == 1
+    assert {r["status"] for r in rows.values()} == {"ok"}
+    assert len({r["caption"] for r in rows.values()}) == 1
+    own = [r for r in rows.values() if r["reused_from"] is None]
+    assert len(own) == 1 and own[0]["attempts"] == 1
+    assert all(r["attempts"] == 0 for r in rows.values() if r["reused_from"])
+
+    # A new file with the same bytes, in a later run, takes the stored answer for free.
+    (folder / "four.jpg").write_bytes(same)
+    runner.run(cfg, creds, spark, progress=lambda _: None)
+    assert endpoint.stats()["requests"] == 1
+    assert by_name(table(spark, cfg))["four.jpg"]["status"] == "ok"
+
+
+def test_answers_land_on_their_own_rows_whatever_order_they_complete_in(
+    spark, serve, run_config, tmp_path
+) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    sizes = {f"img{i:02}.jpg": (30 + i, 20 + 2 * i) for i in range(30)}
+    for name, (w, h) in sizes.items():
+        (folder / name).write_bytes(files.jpeg(w, h))
+    # Retries reorder completions: a third of first attempts fail, with random backoff.
+    endpoint, creds = serve(Faults(rate_500=0.3, seed=3), latency_ms=20)
+    cfg = run_config(folder, max_attempts=6, max_concurrency=6)
+    runner.run(cfg, creds, spark, progress=lambda _: None)
+    rows = by_name(table(spark, cfg))
+    assert endpoint.stats()["faults"]["500"] > 0
+    for name, (w, h) in sizes.items():
+        assert rows[name]["status"] == "ok", rows[name]["error_message"]
+        assert f"{w}x{h} pixels" in rows[name]["caption"], name
+
+
+def test_the_concurrency_budget_holds_across_all_spark_tasks(
+    spark, serve, run_config, tmp_path
+) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(40):
+        (folder / f"img{i}.jpg").write_bytes(files.jpeg(20 + i, 20))
+    endpoint, creds = serve(latency_ms=80, max_concurrency=4)
+    cfg = run_config(folder, max_concurrency=4)
+    runner.run(cfg, creds, spark, progress=lambda _: None)
+    stats = endpoint.stats()
+    assert stats["by_status"].get("429", 0) == 0
+    assert stats["max_in_flight"] == 4
+    assert stats["answered_ok"] == 40
+
+
+def test_replaying_a_batch_changes_nothing(spark, serve, run_config, tmp_path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(4):
+        (folder / f"img{i}.jpg").write_bytes(files.jpeg(20 + i, 20))
+    (folder / "empty.jpg").write_bytes(b"")
+    _, creds = serve()
+    cfg = run_config(folder)
+    runner.run(cfg, creds, spark, progress=lambda _: None)
+    before = table(spark, cfg).orderBy("path")
+    before = spark.createDataFrame(before.collect(), before.schema)
+
+    tables = sink.resolve(spark, cfg.table)
+    replay = spark.createDataFrame(before.collect(), before.schema)
+    sink.merge_batch(spark, tables, replay)
+    sink.merge_batch(spark, tables, replay.filter(F.col("status") == "ok"))
+    assert_df_equality(before, table(spark, cfg).orderBy("path"), ignore_row_order=True)
+
+
+def test_a_worse_outcome_never_replaces_a_paid_answer(spark, serve, run_config, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "img.jpg").write_bytes(files.jpeg())
+    _, creds = serve()
+    cfg = run_config(folder)
+    runner.run(cfg, creds, spark, progress=lambda _: None)
+    ok = table(spark, cfg)
+    failed = ok.withColumn("status", F.lit("failed")).withColumn("caption", F.lit(None))
+    sink.merge_batch(spark, sink.resolve(spark, cfg.table), failed)
+    assert [r.status for r in table(spark, cfg).collect()] == ["ok"]
+
+
+def test_the_token_never_reaches_a_plan_a_table_or_a_log(
+    spark, serve, run_config, tmp_path, capfd
+) -> None:
+    from pipeline.spark import spark_log_path
+    from pipeline.udfs import CallPlan, caption_udf
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "img.jpg").write_bytes(files.jpeg())
+    endpoint, creds = serve(Faults(rate_500=0.5, seed=1))
+    token = creds.headers.reveal().split("Bearer ", 1)[1]
+    cfg = run_config(folder)
+    runner.run(cfg, creds, spark, progress=print)
+
+    plan = CallPlan(replace(runner.ClientSettings(endpoint.url, creds, 1, 1, 1)),
+                    cfg.prompt_spec(), None, 1)
+    df = spark.createDataFrame([(b"x", "image/jpeg", 1)], "image binary, mime string, t int")
+    query = df.select(caption_udf(plan)("image", "mime", "t"))
+    plans = query._jdf.queryExecution().toString() + str(query._jdf.queryExecution().logical())
+    texts = [plans, table(spark, cfg).toPandas().to_json(),
+             spark.read.format("delta").load(cfg.table + "_runs").toPandas().to_json()]
+    texts += list(capfd.readouterr())
+    log = Path(spark_log_path())
+    if log.exists():
+        texts.append(log.read_text(errors="replace"))
+    # Also the table's files on disk, byte for byte.
+    for path in Path(cfg.table).rglob("*"):
+        if path.is_file():
+            texts.append(path.read_bytes().decode("latin-1"))
+    assert token and all(token not in text for text in texts)

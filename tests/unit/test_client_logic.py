@@ -1,0 +1,108 @@
+"""The client's pure parts: Retry-After, status classes, backoff, AIMD, budget shares."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
+
+import pytest
+
+from pipeline.auth import Secret, static
+from pipeline.client import (
+    AdaptiveLimit,
+    ClientSettings,
+    backoff_seconds,
+    classify_status,
+    retry_after_seconds,
+)
+from pipeline.payloads import PromptSpec
+from pipeline.udfs import CallPlan
+
+
+def test_retry_after_in_seconds_and_as_an_http_date() -> None:
+    now = datetime(2026, 11, 25, 12, 0, 0, tzinfo=timezone.utc)
+    assert retry_after_seconds("3") == 3.0
+    assert retry_after_seconds(" 1.5 ") == 1.5
+    assert retry_after_seconds(format_datetime(now + timedelta(seconds=7), usegmt=True),
+                               now) == 7.0
+    assert retry_after_seconds(format_datetime(now - timedelta(seconds=7), usegmt=True),
+                               now) == 0.0
+    assert retry_after_seconds("soon") is None
+    assert retry_after_seconds(None) is None
+
+
+@pytest.mark.parametrize(
+    ("status", "kind"),
+    [(429, "rate_limited"), (408, "timeout"), (500, "server_error"), (502, "server_error"),
+     (503, "server_error"), (504, "server_error"), (400, "rejected"), (404, "rejected"),
+     (413, "rejected"), (401, "auth"), (403, "auth")],
+)
+def test_status_classes(status: int, kind: str) -> None:
+    assert classify_status(status) == kind
+
+
+def test_full_jitter_backoff_stays_within_its_exponential_envelope() -> None:
+    rng = random.Random(1)
+    for attempt in range(8):
+        values = [backoff_seconds(attempt, 0.5, 30.0, rng) for _ in range(200)]
+        assert 0 <= min(values) and max(values) <= min(30.0, 0.5 * 2**attempt)
+        assert max(values) > 0.5 * min(30.0, 0.5 * 2**attempt)  # jitter spans the range
+
+
+def test_aimd_halves_once_per_overload_and_recovers_gradually() -> None:
+    async def scenario() -> list[float]:
+        limit = AdaptiveLimit(8)
+        epochs = [await limit.acquire() for _ in range(8)]
+        assert limit.in_flight == 8
+        for epoch in epochs:  # eight 429s from one overload: one halving
+            await limit.release(epoch, throttled=True)
+        seen = [limit.limit]
+        for _ in range(4):  # one window of successes: +1
+            epoch = await limit.acquire()
+            await limit.release(epoch, throttled=False)
+        seen.append(limit.limit)
+        for _ in range(100):
+            epoch = await limit.acquire()
+            await limit.release(epoch, throttled=False)
+        seen.append(limit.limit)
+        return seen
+
+    after_429, after_window, recovered = asyncio.run(scenario())
+    assert after_429 == 4.0
+    assert 4.9 < after_window < 5.1
+    assert recovered == 8.0
+
+
+def test_aimd_never_admits_more_than_the_limit() -> None:
+    async def scenario() -> int:
+        limit = AdaptiveLimit(3)
+
+        async def one() -> None:
+            epoch = await limit.acquire()
+            await asyncio.sleep(0.001)
+            await limit.release(epoch, throttled=False)
+
+        await asyncio.gather(*(one() for _ in range(50)))
+        return limit.peak
+
+    assert asyncio.run(scenario()) == 3
+
+
+@pytest.mark.parametrize(("budget", "tasks"), [(16, 2), (10, 4), (3, 3), (7, 7), (64, 8)])
+def test_budget_shares_add_up_to_the_run_budget(budget: int, tasks: int) -> None:
+    settings = ClientSettings("http://x", static("http://x", "t", "test"), 1.0, 1, budget, 600)
+    plan = CallPlan(settings, PromptSpec("p", 1), None, tasks)
+    shares = [plan.for_partition(p) for p in range(tasks)]
+    assert sum(s.concurrency for s in shares) == budget
+    assert max(s.concurrency for s in shares) - min(s.concurrency for s in shares) <= 1
+    assert sum(s.rpm for s in shares) == pytest.approx(600)
+
+
+def test_secret_never_prints() -> None:
+    secret = Secret("dapi-very-secret")
+    creds = static("http://h", "dapi-very-secret", "test")
+    for text in (repr(secret), str(secret), repr(creds), f"{creds}", str([creds])):
+        assert "dapi-very-secret" not in text
+    assert creds.header_dict() == {"Authorization": "Bearer dapi-very-secret"}

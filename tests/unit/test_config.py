@@ -1,0 +1,85 @@
+"""The run configuration: precedence, validation, and errors that name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import ConfigError, RunConfig, build
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "run.yml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_defaults() -> None:
+    cfg = build({})
+    assert (cfg.mode, cfg.max_attempts, cfg.request_timeout) == ("udf", 5, 120.0)
+    assert cfg.table == "output/captions" and cfg.host is None
+
+
+def test_flags_beat_environment_beat_file(tmp_path: Path) -> None:
+    conf = write(tmp_path, "host: https://from-file\nmax_concurrency: 3\nprompt: from file\n")
+    cfg = build({"prompt": "from flag"}, conf, env_host="https://from-env")
+    assert cfg.host == "https://from-env"
+    assert cfg.prompt == "from flag"
+    assert cfg.max_concurrency == 3
+    assert build({"host": "https://from-flag"}, conf, "https://from-env").host == (
+        "https://from-flag"
+    )
+    assert build({}, conf, None).host == "https://from-file"
+
+
+def test_unknown_key_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown key 'max_concurency'"):
+        build({}, write(tmp_path, "max_concurency: 3\n"))
+
+
+def test_wrong_type_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="max_attempts must be int, not 'five'"):
+        build({}, write(tmp_path, "max_attempts: five\n"))
+    with pytest.raises(ConfigError, match="request_timeout must be float"):
+        build({}, write(tmp_path, "request_timeout: [1]\n"))
+
+
+@pytest.mark.parametrize(
+    ("flags", "match"),
+    [
+        ({"mode": "batch"}, "mode must be"),
+        ({"max_concurrency": 0}, "max_concurrency must be at least 1"),
+        ({"request_timeout": 0.0}, "request_timeout must be positive"),
+        ({"prompt": "  "}, "prompt must not be empty"),
+    ],
+)
+def test_invalid_values(flags: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        build(flags)
+
+
+def test_not_yaml_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        build({}, write(tmp_path, "a: [1\n"))
+    with pytest.raises(ConfigError, match="No such file"):
+        build({}, str(tmp_path / "missing.yml"))
+
+
+def test_response_schema_errors_name_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "schema.json"
+    bad.write_text("{nope")
+    with pytest.raises(ConfigError, match="response_schema: .* is not JSON"):
+        RunConfig(response_schema=str(bad)).prompt_spec()
+
+
+def test_public_view_has_no_credentials() -> None:
+    public = build({"host": "https://h"}).public()
+    assert not {"token", "headers", "password", "client_secret"} & set(public)
+    assert public["host"] == "https://h"
+
+
+@pytest.mark.parametrize("name", ["local.yml", "dev.yml", "prod.yml"])
+def test_shipped_run_configs_load(name: str) -> None:
+    conf = Path(__file__).resolve().parents[2] / "conf" / name
+    build({}, str(conf))
