@@ -55,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     run_p = commands.add_parser("run", help="caption the files under --input")
     _input_flags(run_p)
     run_p.set_defaults(func=cmd_run)
+    estimate_p = commands.add_parser(
+        "estimate", help="dry run: counts, reasons and estimated tokens, no requests"
+    )
+    _input_flags(estimate_p)
+    estimate_p.set_defaults(func=cmd_estimate)
     serve_p = commands.add_parser("serve-local", help="serve the local reference model")
     local_endpoint.add_arguments(serve_p)
     serve_p.set_defaults(func=local_endpoint.serve)
@@ -125,6 +130,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     with connected(cfg) as (cfg, credentials):
         result = run(cfg, credentials)
     print(summary(result))
+    return 0
+
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    from pipeline.estimate import estimate, render
+
+    cfg = load_config(args)
+    cfg = replace(cfg, endpoint=cfg.endpoint or LOCAL_ENDPOINT,
+                  input=cfg.input or str(samples_dir()))
+    print(render(estimate(cfg)))
     return 0
 
 

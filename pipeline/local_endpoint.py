@@ -344,6 +344,10 @@ def _fresh_stats() -> dict[str, Any]:
         "max_in_flight": 0,
         "in_flight": 0,
         "images": 0,
+        # Wall-clock window of the traffic, so benchmarks can measure throughput as the
+        # endpoint saw it: answered_ok / (last_answer_at - first_request_at).
+        "first_request_at": None,
+        "last_answer_at": None,
     }
 
 
@@ -618,6 +622,8 @@ class LocalEndpoint:
     def _count_request(self) -> None:
         with self._lock:
             self._stats["requests"] += 1
+            if self._stats["first_request_at"] is None:
+                self._stats["first_request_at"] = time.time()
 
     def _unauthorized(self, chat: bool = False) -> Reply:
         reply = error_reply(401, "UNAUTHENTICATED", "Missing or invalid bearer token.")
@@ -660,6 +666,7 @@ class LocalEndpoint:
             if reply.status == 400:
                 self._stats["rejected_400"] += 1
             if reply.answered_ok:
+                self._stats["last_answer_at"] = time.time()
                 self._stats["answered_ok"] += 1
                 self._stats["images"] += len(reply.image_digests)
                 self._digests.update(reply.image_digests)

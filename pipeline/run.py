@@ -66,9 +66,9 @@ class RunContext:
     catalog: Catalog
     family: ModelFamily
     spec: PromptSpec
-    plan_client: ClientSettings
-    tables: sink.Tables
+    tables: sink.Tables | None  # None for a dry run over a table that does not exist yet
     run_id: str
+    plan_client: ClientSettings | None = None  # None for a dry run: no requests
 
     @property
     def endpoint(self) -> str:
@@ -93,6 +93,34 @@ def chat_url(config: RunConfig, host: str) -> str:
     return host.rstrip("/") + config.chat_path.replace("{endpoint}", config.endpoint or "")
 
 
+def context(
+    config: RunConfig,
+    spark: SparkSession,
+    credentials: Credentials | None = None,
+    tables: sink.Tables | None = None,
+) -> RunContext:
+    catalog = load_catalog(config.models_file)
+    client = None
+    if credentials is not None:
+        client = ClientSettings(
+            url=chat_url(config, credentials.host),
+            credentials=credentials,
+            timeout_s=config.request_timeout,
+            max_attempts=config.max_attempts,
+            concurrency=config.max_concurrency,
+            rpm=config.max_rpm,
+        )
+    return RunContext(
+        config=config,
+        catalog=catalog,
+        family=catalog.family(config.endpoint or "", config.model_family),
+        spec=config.prompt_spec(),
+        tables=tables,
+        run_id=uuid.uuid4().hex,
+        plan_client=client,
+    )
+
+
 def run(
     config: RunConfig,
     credentials: Credentials,
@@ -101,23 +129,7 @@ def run(
 ) -> RunResult:
     spark = spark or get_spark()
     configure_session(spark)
-    catalog = load_catalog(config.models_file)
-    ctx = RunContext(
-        config=config,
-        catalog=catalog,
-        family=catalog.family(config.endpoint or "", config.model_family),
-        spec=config.prompt_spec(),
-        plan_client=ClientSettings(
-            url=chat_url(config, credentials.host),
-            credentials=credentials,
-            timeout_s=config.request_timeout,
-            max_attempts=config.max_attempts,
-            concurrency=config.max_concurrency,
-            rpm=config.max_rpm,
-        ),
-        tables=sink.resolve(spark, config.table),
-        run_id=uuid.uuid4().hex,
-    )
+    ctx = context(config, spark, credentials, sink.resolve(spark, config.table))
     result = RunResult(ctx.run_id, ctx.tables.display)
     started = datetime.now(timezone.utc)
     _record(spark, ctx, result, started, None)
@@ -137,14 +149,7 @@ def run(
 def _run_batches(
     spark: SparkSession, ctx: RunContext, result: RunResult, progress: Callable[[str], None]
 ) -> None:
-    listing = source.list_files(spark, ctx.config.input)
-    result.listed = listing.count()
-    if result.listed == 0:
-        raise source.InputError(f"--input {ctx.config.input} holds no files")
-    todo = _todo(spark, ctx, listing)
-    pending = todo.count()
-    result.skipped = result.listed - pending
-    batches = -(-pending // ctx.config.max_files_per_batch)
+    todo, pending, batches = plan_batches(spark, ctx, result)
     progress(
         f"{result.listed} files listed, {result.skipped} already done, "
         f"{pending} to process in {batches} batch(es)"
@@ -166,19 +171,35 @@ def _run_batches(
     todo.unpersist()
 
 
+def plan_batches(
+    spark: SparkSession, ctx: RunContext, result: RunResult
+) -> tuple[DataFrame, int, int]:
+    """List the input, skip what is done; the files left, their count and the batch count."""
+    listing = source.list_files(spark, ctx.config.input)
+    result.listed = listing.count()
+    if result.listed == 0:
+        raise source.InputError(f"--input {ctx.config.input} holds no files")
+    todo = _todo(spark, ctx, listing)
+    pending = todo.count()
+    result.skipped = result.listed - pending
+    return todo, pending, -(-pending // ctx.config.max_files_per_batch)
+
+
 def _todo(spark: SparkSession, ctx: RunContext, listing: DataFrame) -> DataFrame:
     """Files not yet done for this endpoint and prompt, numbered into batches by path."""
-    done = (
-        spark.table(ctx.tables.captions)
-        .filter(
-            (F.col("endpoint") == ctx.endpoint)
-            & (F.col("prompt_id") == ctx.prompt_id)
-            & F.col("status").isin(*DONE_STATUSES)
+    todo = listing
+    if ctx.tables is not None:
+        done = (
+            spark.table(ctx.tables.captions)
+            .filter(
+                (F.col("endpoint") == ctx.endpoint)
+                & (F.col("prompt_id") == ctx.prompt_id)
+                & F.col("status").isin(*DONE_STATUSES)
+            )
+            .select("path", F.col("size_bytes").alias("length"),
+                    F.col("modified_at").alias("modificationTime"))
         )
-        .select("path", F.col("size_bytes").alias("length"),
-                F.col("modified_at").alias("modificationTime"))
-    )
-    todo = listing.join(done, ["path", "length", "modificationTime"], "left_anti")
+        todo = listing.join(done, ["path", "length", "modificationTime"], "left_anti")
     order = Window.orderBy("path")
     return todo.withColumn(
         "batch",
@@ -187,6 +208,15 @@ def _todo(spark: SparkSession, ctx: RunContext, listing: DataFrame) -> DataFrame
 
 
 def _process_batch(spark: SparkSession, ctx: RunContext, rows: list) -> DataFrame:
+    prepared = prepare_batch(spark, ctx, rows)
+    answers = _answers(spark, ctx, prepared)
+    # Materialized so the MERGE source no longer reads the target table, and the counts
+    # match what was merged.
+    return _rows(ctx, prepared, answers).localCheckpoint(eager=True)
+
+
+def prepare_batch(spark: SparkSession, ctx: RunContext, rows: list) -> DataFrame:
+    """Prepared (or refused) images of one batch, materialized once."""
     bounds = ctx.catalog.input
     gated, readable = [], []
     for r in rows:
@@ -203,11 +233,7 @@ def _process_batch(spark: SparkSession, ctx: RunContext, rows: list) -> DataFram
             *source.METADATA, "p.*"
         )
         prepared = prepared.unionByName(read)
-    prepared = prepared.localCheckpoint(eager=True)
-    answers = _answers(spark, ctx, prepared)
-    # Materialized so the MERGE source no longer reads the target table (Delta cannot build
-    # deletion vectors for a source that scans its own target) and counts match what merged.
-    return _rows(ctx, prepared, answers).localCheckpoint(eager=True)
+    return prepared.localCheckpoint(eager=True)
 
 
 def _gated_frame(spark: SparkSession, gated: list) -> DataFrame:

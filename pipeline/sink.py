@@ -72,6 +72,18 @@ def resolve(spark: SparkSession, table: str) -> Tables:
     return Tables(alias, alias + "_runs", location)
 
 
+def find(spark: SparkSession, table: str) -> Tables | None:
+    """The tables if they already exist, without creating anything (for dry runs)."""
+    from delta.tables import DeltaTable
+
+    if not is_path(table):
+        return Tables(table, f"{table}_runs") if spark.catalog.tableExists(table) else None
+    location = _absolute(table)
+    if not DeltaTable.isDeltaTable(spark, location):
+        return None
+    return resolve(spark, table)
+
+
 def merge_batch(spark: SparkSession, tables: Tables, batch: DataFrame) -> None:
     """MERGE one batch into the captions table; retried when another writer got there first."""
     columns = spark.table(tables.captions).schema

@@ -197,7 +197,8 @@ def test_the_token_never_reaches_a_plan_a_table_or_a_log(
                     cfg.prompt_spec(), None, 1)
     df = spark.createDataFrame([(b"x", "image/jpeg", 1)], "image binary, mime string, t int")
     query = df.select(caption_udf(plan)("image", "mime", "t"))
-    plans = query._jdf.queryExecution().toString() + str(query._jdf.queryExecution().logical())
+    query.explain(extended=True)  # printed: captured below with the run's own output
+    plans = query._jdf.queryExecution().toString()
     texts = [plans, table(spark, cfg).toPandas().to_json(),
              spark.read.format("delta").load(cfg.table + "_runs").toPandas().to_json()]
     texts += list(capfd.readouterr())
@@ -209,3 +210,63 @@ def test_the_token_never_reaches_a_plan_a_table_or_a_log(
         if path.is_file():
             texts.append(path.read_bytes().decode("latin-1"))
     assert token and all(token not in text for text in texts)
+
+
+def test_one_request_in_five_failing_ends_with_every_row_and_a_rerun_captions_them(
+    spark, serve, run_config, tmp_path
+) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(40):
+        (folder / f"img{i:02}.jpg").write_bytes(files.jpeg(30 + i, 30))
+    (folder / "not an image.jpg").write_bytes(files.pdf())
+    kinds = ("rate_429", "rate_500", "rate_502", "rate_503", "rate_504", "rate_html",
+             "rate_drop", "rate_hang")
+    faults = Faults(**{k: 0.2 / len(kinds) for k in kinds}, hang_s=5, seed=11)
+    endpoint, creds = serve(faults)
+    # One attempt each, so the faults stay visible as failed rows.
+    cfg = run_config(folder, max_attempts=1, request_timeout=1.0)
+    first = runner.run(cfg, creds, spark, progress=lambda _: None)
+    rows = by_name(table(spark, cfg))
+    assert len(rows) == 41 and first.written == 41
+    failed = {n: r for n, r in rows.items() if r["status"] == "failed"}
+    assert 2 <= len(failed) <= 20
+    assert {r["error_class"] for r in failed.values()} <= {
+        "rate_limited", "server_error", "bad_response", "connection_error", "timeout"}
+    assert all(r["attempts"] == 1 and r["error_message"] for r in failed.values())
+    assert rows["not an image.jpg"]["error_class"] == "not_an_image"
+
+    second = runner.run(replace(cfg, max_attempts=5), creds, spark, progress=lambda _: None)
+    assert second.skipped == 41 - len(failed)
+    rows = by_name(table(spark, cfg))
+    assert sum(r["status"] == "ok" for r in rows.values()) == 40
+    assert endpoint.stats()["rejected_400"] == 0
+
+
+def test_structured_answers_fill_response_json_and_the_caption_field(
+    spark, serve, run_config, tmp_path
+) -> None:
+    import json
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "img.jpg").write_bytes(files.jpeg(60, 40))
+    schema = tmp_path / "schema.json"
+    schema.write_text(json.dumps({
+        "type": "object",
+        "properties": {"alt_text": {"type": "string"}, "tags": {"type": "array",
+                       "items": {"type": "string"}}, "width": {"type": "integer"}},
+        "required": ["alt_text", "tags", "width"],
+    }))
+    _, creds = serve()
+    cfg = run_config(folder, response_schema=str(schema), caption_field="alt_text")
+    runner.run(cfg, creds, spark, progress=lambda _: None)
+    [row] = table(spark, cfg).collect()
+    answer = json.loads(row.response_json)
+    assert row.status == "ok" and row.caption == answer["alt_text"]
+    assert answer["width"] == 60 and isinstance(answer["tags"], list)
+
+    # A different schema is a different prompt: the file is captioned again under a new id.
+    plain = run_config(folder)
+    runner.run(plain, creds, spark, progress=lambda _: None)
+    assert table(spark, cfg).select("prompt_id").distinct().count() == 2

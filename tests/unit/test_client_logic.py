@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 
@@ -106,3 +107,29 @@ def test_secret_never_prints() -> None:
     for text in (repr(secret), str(secret), repr(creds), f"{creds}", str([creds])):
         assert "dapi-very-secret" not in text
     assert creds.header_dict() == {"Authorization": "Bearer dapi-very-secret"}
+
+
+def test_rate_gate_spaces_request_starts_to_the_rpm_cap() -> None:
+    from pipeline.client import RateGate
+
+    async def scenario() -> list[float]:
+        gate = RateGate(rpm=600)  # one start every 0.1 s
+        starts = []
+        for _ in range(5):
+            await gate.wait()
+            starts.append(time.monotonic())
+        return starts
+
+    starts = asyncio.run(scenario())
+    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    assert all(g >= 0.095 for g in gaps), gaps
+    assert asyncio.run(_no_gate()) < 0.05
+
+
+async def _no_gate() -> float:
+    from pipeline.client import RateGate
+
+    gate, started = RateGate(None), time.monotonic()
+    for _ in range(100):
+        await gate.wait()
+    return time.monotonic() - started

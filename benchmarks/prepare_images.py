@@ -1,0 +1,145 @@
+"""Image preparation: reduced-scale JPEG decoding vs full decode + resize, and worker memory.
+
+Part 1 prepares the same large photos two ways in one process and prints the ratio:
+  (a) vision-batch's `images.prepare` (Pillow draft mode: the JPEG decoder skips to 1/2, 1/4
+      or 1/8 scale, then a small resize);
+  (b) the usual way: decode at full size, orient, resize with LANCZOS, encode.
+Target: (a) at least 3x faster than (b).
+
+Part 2 runs the real Spark preparation stage (binaryFile -> pandas UDF) over 50 files of
+15-20 MB on local[2] and samples the resident memory of every Python worker; it prints the
+peak. Target: each worker under 1.5 GB.
+
+    python benchmarks/prepare_images.py [--photos 12] [--files 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+from PIL import Image, ImageOps
+
+from pipeline.images import prepare
+from pipeline.limits import load_catalog
+
+CATALOG = load_catalog()
+FAMILY = CATALOG.families["claude"]  # 1568 px / 1.15 MP target: a typical downscale
+
+
+def photo(width: int, height: int, seed: int) -> Image.Image:
+    """A photo-like picture: smooth gradients plus sensor noise, so JPEG cannot cheat."""
+    ramp = Image.linear_gradient("L")
+    r = ramp.resize((width, height))
+    g = ramp.transpose(Image.Transpose.ROTATE_90).resize((width, height))
+    noise = Image.effect_noise((width, height), 40 + seed % 20)
+    b = Image.blend(noise, r, 0.5)
+    return Image.merge("RGB", (Image.blend(r, noise, 0.35), Image.blend(g, noise, 0.35), b))
+
+
+def jpeg_bytes(img: Image.Image, quality: int) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def full_decode_resize(data: bytes) -> bytes:
+    """The baseline most pipelines use: full decode, orient, LANCZOS resize, encode."""
+    with Image.open(io.BytesIO(data)) as img:
+        img = ImageOps.exif_transpose(img).convert("RGB")
+        w, h = img.size
+        scale = min(1.0, FAMILY.target_side / max(w, h),
+                    (FAMILY.target_pixels / (w * h)) ** 0.5)
+        img = img.resize((int(w * scale), int(h * scale)), Image.Resampling.LANCZOS)
+        return jpeg_bytes(img, 85)
+
+
+def speed(count: int) -> None:
+    print(f"Part 1: {count} photos of 6000x4000 (24 MP), target {FAMILY.name} "
+          f"({FAMILY.target_side} px, {FAMILY.target_pixels:,} px)")
+    photos = [jpeg_bytes(photo(6000, 4000, i), 90) for i in range(count)]
+    mb = sum(map(len, photos)) / count / 1e6
+    budget = 3_000_000
+    timings = {}
+    for name, fn in (
+        ("vision-batch (draft)", lambda d: prepare(d, FAMILY, CATALOG.input, budget)),
+        ("full decode + resize", full_decode_resize),
+    ):
+        fn(photos[0])  # warm up
+        started = time.perf_counter()
+        for data in photos:
+            fn(data)
+        timings[name] = (time.perf_counter() - started) / count
+    a, b = timings["vision-batch (draft)"], timings["full decode + resize"]
+    print(f"  average input      {mb:.1f} MB")
+    print(f"  (a) draft          {a * 1000:8.1f} ms/image")
+    print(f"  (b) full decode    {b * 1000:8.1f} ms/image")
+    print(f"  ratio (b)/(a)      {b / a:8.1f}x   (target >= 3x)")
+
+
+def memory(count: int) -> None:
+    from pipeline.run import context, prepare_batch
+    from pipeline.config import RunConfig
+    from pipeline.spark import get_spark
+
+    folder = Path(tempfile.mkdtemp(prefix="vb-bench-"))
+    print(f"\nPart 2: {count} files of 15-20 MB through the Spark preparation stage, local[2]")
+    sizes = []
+    for i in range(count):
+        data = jpeg_bytes(photo(5800 + (i % 5) * 150, 4000 + (i % 3) * 100, i), 97)
+        (folder / f"photo{i:03}.jpg").write_bytes(data)
+        sizes.append(len(data))
+    print(f"  files              {min(sizes) / 1e6:.1f}-{max(sizes) / 1e6:.1f} MB "
+          f"({sum(sizes) / 1e9:.2f} GB)")
+    spark = get_spark("vision-batch-bench")
+    peak: dict[int, int] = {}
+    stop = threading.Event()
+
+    def sample() -> None:
+        me = psutil.Process()
+        while not stop.is_set():
+            for proc in me.children(recursive=True):
+                try:
+                    if "python" in proc.name().lower():
+                        peak[proc.pid] = max(peak.get(proc.pid, 0), proc.memory_info().rss)
+                except psutil.Error:
+                    pass
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    cfg = RunConfig(input=str(folder), endpoint="databricks-claude-sonnet-4",
+                    max_files_per_batch=count)
+    ctx = context(cfg, spark)
+    rows = [{"path": f"file:{p}", "length": p.stat().st_size, "modificationTime": None}
+            for p in sorted(folder.iterdir())]
+    started = time.perf_counter()
+    prepared = prepare_batch(spark, ctx, rows)
+    ok = prepared.filter("error_class IS NULL").count()
+    elapsed = time.perf_counter() - started
+    stop.set()
+    sampler.join()
+    workers = sorted(peak.values(), reverse=True)
+    print(f"  prepared           {ok}/{count} ok in {elapsed:.1f} s "
+          f"({count / elapsed:.1f} images/s on 2 cores)")
+    print(f"  python processes   {len(workers)}; peak RSS per process: "
+          + ", ".join(f"{w / 2**20:.0f} MB" for w in workers[:4]))
+    print(f"  largest worker     {workers[0] / 2**30:.2f} GB   (target < 1.5 GB)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--photos", type=int, default=12)
+    parser.add_argument("--files", type=int, default=50)
+    args = parser.parse_args()
+    speed(args.photos)
+    memory(args.files)
+
+
+if __name__ == "__main__":
+    main()
