@@ -83,8 +83,8 @@ def speed(count: int) -> None:
 
 
 def memory(count: int) -> None:
-    from pipeline.run import context, prepare_batch
     from pipeline.config import RunConfig
+    from pipeline.run import context, prepare_batch
     from pipeline.spark import get_spark
 
     folder = Path(tempfile.mkdtemp(prefix="vb-bench-"))

@@ -92,7 +92,9 @@ class AdaptiveLimit:
                 self.epoch += 1
             elif not throttled:
                 self.limit = min(float(self.maximum), self.limit + 1 / self.limit)
-            self._changed.notify_all()
+            # Wake only as many waiters as there are free slots: with thousands of queued
+            # rows, notify_all would wake every one of them on every answer.
+            self._changed.notify(max(0, int(self.limit) - self.in_flight))
 
 
 class RateGate:

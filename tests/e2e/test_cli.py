@@ -23,7 +23,7 @@ def read_table(spark, path: Path) -> list[dict]:
     return [r.asDict() for r in spark.read.format("delta").load(str(path)).collect()]
 
 
-def test_no_arguments_captions_the_sample_photos_with_the_embedded_endpoint(spark, tmp_path) -> None:
+def test_no_arguments_captions_the_sample_photos_with_the_embedded_endpoint(spark, tmp_path):
     done = vision_batch("run", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "local reference model" in done.stdout
