@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pyspark.sql import DataFrame, Row, SparkSession
+from pyspark.sql.types import StructType, _parse_datatype_string
 
 from pipeline.resources import sql_text
 
@@ -31,6 +32,10 @@ _CONFLICTS = (
     "DELTA_CONCURRENT",
     "DELTA_METADATA_CHANGED",
     "DELTA_PROTOCOL_CHANGED",
+    # Two runs creating the same path table at once: the loser sees a half-made table.
+    "DELTA_CREATE_TABLE_WITH_NON_EMPTY_LOCATION",
+    "TableAlreadyExists",
+    "TABLE_OR_VIEW_ALREADY_EXISTS",
 )
 MAX_COMMIT_ATTEMPTS = 8
 
@@ -59,17 +64,20 @@ def resolve(spark: SparkSession, table: str) -> Tables:
     if not is_path(table):
         tables = Tables(table, f"{table}_runs")
         _with_retries(lambda: _create(spark, tables.captions, tables.runs))
-        return tables
-    location = _absolute(table)
-    _check_not_foreign(spark, location)
-    runs_location = location.rstrip("/") + "_runs"
-    _with_retries(
-        lambda: _create(spark, _delta_path(location), _delta_path(runs_location))
-    )
-    alias = "vision_batch_" + hashlib.sha1(location.encode()).hexdigest()[:12]
-    _register(spark, alias, location)
-    _register(spark, alias + "_runs", runs_location)
-    return Tables(alias, alias + "_runs", location)
+    else:
+        location = _absolute(table)
+        _check_not_foreign(spark, location)
+        runs_location = location.rstrip("/") + "_runs"
+        _with_retries(
+            lambda: _create(spark, _delta_path(location), _delta_path(runs_location))
+        )
+        alias = "vision_batch_" + hashlib.sha1(location.encode()).hexdigest()[:12]
+        _register(spark, alias, location)
+        _register(spark, alias + "_runs", runs_location)
+        tables = Tables(alias, alias + "_runs", location)
+    _with_retries(lambda: _add_missing_columns(spark, tables.captions, "create_captions.sql"))
+    _with_retries(lambda: _add_missing_columns(spark, tables.runs, "create_runs.sql"))
+    return tables
 
 
 def find(spark: SparkSession, table: str) -> Tables | None:
@@ -120,6 +128,24 @@ def _create(spark: SparkSession, captions: str, runs: str) -> None:
     spark.sql(sql_text("create_runs.sql"), args={"runs_table": runs})
 
 
+def ddl_schema(ddl_file: str) -> StructType:
+    """The columns a CREATE TABLE file in sql/ declares (needs an active Spark session)."""
+    text = sql_text(ddl_file)
+    start = text.index("(", text.index(")", text.index("IDENTIFIER("))) + 1
+    return _parse_datatype_string(text[start: text.rindex(") USING DELTA")])
+
+
+def _add_missing_columns(spark: SparkSession, table: str, ddl_file: str) -> None:
+    """Bring a table made by an older version up to the DDL: an empty append that evolves
+    the schema adds the new (nullable) columns; no SQL text is assembled."""
+    declared = ddl_schema(ddl_file)
+    if set(declared.names) - set(spark.table(table).columns):
+        empty = spark.createDataFrame([], declared)
+        empty.write.format("delta").mode("append").option("mergeSchema", "true").saveAsTable(
+            table
+        )
+
+
 def _delta_path(location: str) -> str:
     return "delta.`" + location.replace("`", "``") + "`"
 
@@ -146,7 +172,9 @@ def _check_not_foreign(spark: SparkSession, location: str) -> None:
         return
     if not fs.getFileStatus(hpath).isDirectory():
         raise TableError(f"--table {location} is a file, not a Delta table folder")
-    if len(fs.listStatus(hpath)) and not DeltaTable.isDeltaTable(spark, location):
+    names = {status.getPath().getName() for status in fs.listStatus(hpath)}
+    # A `_delta_log` without a commit yet is a table another run is creating right now.
+    if names and "_delta_log" not in names and not DeltaTable.isDeltaTable(spark, location):
         raise TableError(f"--table {location} holds files but is not a Delta table")
 
 

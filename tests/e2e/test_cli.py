@@ -7,8 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests import files
-
 ENV = {k: v for k, v in os.environ.items() if not k.startswith("DATABRICKS_")}
 
 
@@ -33,20 +31,3 @@ def test_no_arguments_captions_the_sample_photos_with_the_embedded_endpoint(spar
     assert len(rows) == 12
     assert all(r["status"] == "ok" and "local reference model" in r["caption"] for r in rows)
     assert (tmp_path / "output" / "captions_runs" / "_delta_log").is_dir()
-
-
-def test_a_mixed_folder_leaves_exactly_one_row_per_file(spark, tmp_path) -> None:
-    cases = [c for c in files.hostile_cases() if c.name in {
-        "plain photo.jpg", "phone rotated.jpg", "café crème.jpg", "empty.jpg",
-        "invoice.jpg", "download.jpg", "vector.svg", "scan.tiff"}]
-    expected = files.write_folder(tmp_path / "mixed", cases)
-    table = tmp_path / "out" / "captions"
-    done = vision_batch("run", "--input", str(tmp_path / "mixed"), "--table", str(table),
-                        "--max-files-per-batch", "3", cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
-    assert "batch 3/3" in done.stdout
-    rows = {r["path"].rsplit("/", 1)[-1]: r for r in read_table(spark, table)}
-    assert set(rows) == set(expected)
-    for name, case in expected.items():
-        assert (rows[name]["status"], rows[name]["error_class"]) == (
-            case.status, case.error_class), name

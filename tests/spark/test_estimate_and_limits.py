@@ -1,0 +1,67 @@
+"""The dry run, and files whose size decides their fate before any byte is read."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from pipeline import run as runner
+from pipeline.estimate import estimate, render
+from pipeline.images import Prepared, prepare
+from pipeline.limits import load_catalog
+from pipeline.payloads import image_byte_budget
+from tests import files
+
+
+def test_estimate_counts_what_a_run_would_send_and_refuse_without_a_request(
+    spark, run_config, tmp_path
+) -> None:
+    cases = files.hostile_cases()
+    files.write_folder(tmp_path / "in", cases)
+    (tmp_path / "in" / "copy of plain photo.jpg").write_bytes(cases[0].data)  # a duplicate
+    cfg = run_config(tmp_path / "in", endpoint="databricks-claude-sonnet-4",
+                     max_files_per_batch=7)
+    result = estimate(cfg, spark)
+
+    family = load_catalog().family(cfg.endpoint)
+    budget = image_byte_budget(cfg.prompt_spec(), family.max_request_bytes,
+                               family.max_image_bytes)
+    valid = [c for c in cases if c.status == "ok"]
+    expected_tokens = 0
+    for case in valid:
+        prepared = prepare(case.data, family, load_catalog().input, budget)
+        assert isinstance(prepared, Prepared)
+        expected_tokens += family.image_tokens(prepared.sent_width, prepared.sent_height)
+    assert result.listed == len(cases) + 1 and result.skipped == 0
+    assert result.sendable == len(valid) + 1
+    assert result.requests == len(valid)  # the duplicate costs nothing
+    assert result.image_tokens == expected_tokens
+    assert result.error_classes == Counter(c.error_class for c in cases if c.error_class)
+    assert result.family == "claude"
+    text = render(result)
+    assert "decompression_bomb" in text and f"{len(valid)} requests" in text
+    # A dry run creates no table.
+    assert not (tmp_path / "tables").exists()
+
+
+def test_size_limits_are_decided_from_the_listing(spark, serve, run_config, tmp_path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    with open(folder / "huge.jpg", "wb") as f:  # over input.max_file_bytes (50 MiB), sparse
+        f.truncate(51 * 2**20)
+    (folder / "forty megabytes of noise.jpg").write_bytes(b"\x17" * (40 * 2**20))
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "ok.jpg").write_bytes(files.jpeg())
+    endpoint, creds = serve()
+    cfg = run_config(folder)
+    runner.run(cfg, creds, spark, progress=lambda _: None)
+    rows = {r.path.rsplit("/", 1)[-1]: r for r in
+            spark.read.format("delta").load(cfg.table).collect()}
+    assert (rows["huge.jpg"].status, rows["huge.jpg"].error_class) == ("invalid", "too_large")
+    # Never read: no hash of its bytes exists.
+    assert rows["huge.jpg"].content_sha256 is None and rows["empty.png"].content_sha256 is None
+    assert rows["huge.jpg"].size_bytes == 51 * 2**20
+    assert rows["empty.png"].error_class == "empty_file"
+    assert rows["forty megabytes of noise.jpg"].error_class == "not_an_image"
+    assert rows["forty megabytes of noise.jpg"].content_sha256 is not None
+    assert rows["ok.jpg"].status == "ok"
+    assert endpoint.stats()["requests"] == 1
