@@ -17,7 +17,7 @@ from pyspark.sql import functions as F
 from pipeline import sink
 from pipeline.config import RunConfig
 from pipeline.run import RunResult, context, plan_batches, prepare_batch
-from pipeline.spark import configure_session, get_spark
+from pipeline.spark import get_spark
 
 
 @dataclass
@@ -45,7 +45,6 @@ class Estimate:
 
 def estimate(config: RunConfig, spark: SparkSession | None = None) -> Estimate:
     spark = spark or get_spark()
-    configure_session(spark)
     ctx = context(config, spark, tables=sink.find(spark, config.table))
     result = Estimate(
         ctx.endpoint, ctx.family.name, ctx.prompt_id,

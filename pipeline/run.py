@@ -25,7 +25,7 @@ from pipeline.config import RunConfig
 from pipeline.images import check_length
 from pipeline.limits import Catalog, ModelFamily, load_catalog
 from pipeline.payloads import PromptSpec, image_byte_budget
-from pipeline.spark import configure_session, get_spark
+from pipeline.spark import get_spark
 from pipeline.udfs import CAPTIONED, PREPARED, CallPlan, caption_udf, prepare_udf
 
 DONE_STATUSES = ("ok", "invalid")
@@ -128,7 +128,6 @@ def run(
     progress: Callable[[str], None] = print,
 ) -> RunResult:
     spark = spark or get_spark()
-    configure_session(spark)
     ctx = context(config, spark, credentials, sink.resolve(spark, config.table))
     result = RunResult(ctx.run_id, ctx.tables.display)
     started = datetime.now(timezone.utc)

@@ -98,26 +98,24 @@ def merge_batch(spark: SparkSession, tables: Tables, batch: DataFrame) -> None:
     aligned = batch.select(
         *[batch[f.name].cast(f.dataType).alias(f.name) for f in columns if f.name in batch.columns]
     )
-    view = f"vision_batch_batch_{os.getpid()}_{random.randrange(1 << 30)}"
-    aligned.createOrReplaceTempView(view)
-    try:
-        _with_retries(
-            lambda: spark.sql(sql_text("merge_captions.sql"),
-                              args={"table": tables.captions, "batch": view})
-        )
-    finally:
-        spark.catalog.dropTempView(view)
+    _merge(spark, "merge_captions.sql", aligned, "batch", table=tables.captions)
 
 
 def upsert_run(spark: SparkSession, tables: Tables, row: dict[str, Any]) -> None:
     schema = spark.table(tables.runs).schema
     df = spark.createDataFrame([Row(**{f.name: row.get(f.name) for f in schema})], schema)
-    view = f"vision_batch_run_{os.getpid()}_{random.randrange(1 << 30)}"
-    df.createOrReplaceTempView(view)
+    _merge(spark, "merge_run.sql", df, "run", runs_table=tables.runs)
+
+
+def _merge(
+    spark: SparkSession, template: str, source: DataFrame, source_marker: str, **tables: str
+) -> None:
+    """Run a MERGE template from sql/ with `source` bound, as a temporary view, to a marker."""
+    view = f"vision_batch_source_{os.getpid()}_{random.randrange(1 << 30)}"
+    source.createOrReplaceTempView(view)
     try:
         _with_retries(
-            lambda: spark.sql(sql_text("merge_run.sql"),
-                              args={"runs_table": tables.runs, "run": view})
+            lambda: spark.sql(sql_text(template), args={**tables, source_marker: view})
         )
     finally:
         spark.catalog.dropTempView(view)

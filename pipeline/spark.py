@@ -12,7 +12,8 @@ from pathlib import Path
 from pyspark.sql import SparkSession
 
 # Arrow batches into Python UDFs are bounded by bytes as well as rows: a batch of twenty
-# 20 MB photos must not land in one worker at once.
+# 20 MB photos must not land in one worker at once. (On Databricks the session is not ours to
+# change: set the same two values in the cluster's Spark config; see README.)
 ARROW_MAX_BYTES = 64 * 1024 * 1024
 ARROW_MAX_RECORDS = 256
 
@@ -60,12 +61,6 @@ def get_spark(app_name: str = "vision-batch") -> SparkSession:
     spark.sparkContext.setLogLevel("ERROR")
     quiet_python_loggers()
     return spark
-
-
-def configure_session(spark: SparkSession) -> None:
-    """Settings our jobs need on any session, Databricks included."""
-    spark.conf.set("spark.sql.execution.arrow.maxBytesPerBatch", str(ARROW_MAX_BYTES))
-    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(ARROW_MAX_RECORDS))
 
 
 def quiet_python_loggers() -> None:
