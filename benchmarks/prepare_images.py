@@ -84,7 +84,7 @@ def speed(count: int) -> None:
 
 def memory(count: int) -> None:
     from pipeline.config import RunConfig
-    from pipeline.run import context, prepare_batch
+    from pipeline.run import Held, context, prepare_batch
     from pipeline.spark import get_spark
 
     folder = Path(tempfile.mkdtemp(prefix="vb-bench-"))
@@ -119,7 +119,7 @@ def memory(count: int) -> None:
     rows = [{"path": f"file:{p}", "length": p.stat().st_size, "modificationTime": None}
             for p in sorted(folder.iterdir())]
     started = time.perf_counter()
-    prepared = prepare_batch(spark, ctx, rows)
+    prepared = prepare_batch(spark, ctx, rows, Held())
     ok = prepared.filter("error_class IS NULL").count()
     elapsed = time.perf_counter() - started
     stop.set()

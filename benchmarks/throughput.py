@@ -175,7 +175,7 @@ def main() -> None:
         ctx = runner.context(cfg, spark)
         rows = [{"path": f"file:{p}", "length": p.stat().st_size, "modificationTime": None}
                 for p in sorted(folder.glob("*.jpg"))]
-        prepared = runner.prepare_batch(spark, ctx, rows)
+        prepared = runner.prepare_batch(spark, ctx, rows, runner.Held())
         udf = naive_udf(endpoint.url, endpoint.token, cfg.prompt)
         answered = (prepared.repartition(tasks).select(udf("image", "mime").alias("c"))
                     .filter("c IS NOT NULL").count())

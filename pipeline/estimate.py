@@ -16,7 +16,7 @@ from pyspark.sql import functions as F
 
 from pipeline import sink
 from pipeline.config import RunConfig
-from pipeline.run import RunResult, context, plan_batches, prepare_batch
+from pipeline.run import Held, RunResult, context, plan_batches, prepare_batch
 from pipeline.spark import get_spark
 
 
@@ -57,7 +57,8 @@ def estimate(config: RunConfig, spark: SparkSession | None = None) -> Estimate:
     seen: set[str] = set()
     for number in range(batches):
         rows = todo.filter(F.col("batch") == number).collect()
-        prepared = prepare_batch(spark, ctx, rows)
+        held = Held()
+        prepared = prepare_batch(spark, ctx, rows, held)
         valid = prepared.filter(F.col("error_class").isNull())
         for r in valid.groupBy("content_sha256").agg(
             F.first("estimated_image_tokens").alias("tokens"), F.count("*").alias("files")
@@ -71,7 +72,7 @@ def estimate(config: RunConfig, spark: SparkSession | None = None) -> Estimate:
             {r["error_class"]: r["count"] for r in prepared.filter(
                 F.col("error_class").isNotNull()).groupBy("error_class").count().collect()}
         )
-        prepared.unpersist()
+        held.release()
     return result
 
 

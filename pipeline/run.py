@@ -1,8 +1,10 @@
 """One caption run, batch by batch: list, skip what is done, prepare, call, MERGE.
 
 Spark does all the heavy lifting on executors; the driver sees metadata (paths, counts),
-never image bytes. Each batch is materialized once per stage (localCheckpoint), so no UDF
-runs twice and no request is sent twice for one row.
+never image bytes. Each stage of a batch is computed once, so no UDF runs twice and no
+request is sent twice for one row: the prepared images are cached until the batch is merged
+(`Held`); the answers, which read the captions table, are checkpointed, because a write to a
+Delta table drops every cached plan that reads it, and recomputing them would call again.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
@@ -89,6 +92,25 @@ class RunContext:
         )
 
 
+class Held:
+    """DataFrames of one batch, computed once and kept (in memory, spilling to disk) until the
+    batch is merged, then released, so the image bytes of a batch do not outlive it."""
+
+    def __init__(self) -> None:
+        self._frames: list[DataFrame] = []
+
+    def keep(self, df: DataFrame) -> DataFrame:
+        df = df.persist(StorageLevel.MEMORY_AND_DISK)
+        df.count()  # caching computes every column of every row, UDFs included, once
+        self._frames.append(df)
+        return df
+
+    def release(self) -> None:
+        for df in self._frames:
+            df.unpersist()
+        self._frames.clear()
+
+
 def chat_url(config: RunConfig, host: str) -> str:
     return host.rstrip("/") + config.chat_path.replace("{endpoint}", config.endpoint or "")
 
@@ -156,10 +178,14 @@ def _run_batches(
     began = time.perf_counter()
     for number in range(batches):
         rows = todo.filter(F.col("batch") == number).collect()  # metadata only
-        batch = _process_batch(spark, ctx, rows)
-        sink.merge_batch(spark, ctx.tables, batch)
-        counts = Counter({r["status"]: r["count"] for r in batch.groupBy("status").count()
-                          .collect()})
+        held = Held()
+        try:
+            batch = _process_batch(spark, ctx, rows, held)
+            sink.merge_batch(spark, ctx.tables, batch)
+            counts = Counter({r["status"]: r["count"] for r in batch.groupBy("status").count()
+                              .collect()})
+        finally:
+            held.release()
         result.statuses.update(counts)
         result.seconds = time.perf_counter() - began
         progress(
@@ -167,7 +193,6 @@ def _run_batches(
             + ", ".join(f"{counts[s]} {s}" for s in ("ok", "invalid", "failed"))
             + f"; {result.images_per_s:.1f} images/s so far"
         )
-    todo.unpersist()
 
 
 def plan_batches(
@@ -199,6 +224,7 @@ def _todo(spark: SparkSession, ctx: RunContext, listing: DataFrame) -> DataFrame
                     F.col("modified_at").alias("modificationTime"))
         )
         todo = listing.join(done, ["path", "length", "modificationTime"], "left_anti")
+    # Checkpointed, not cached: the numbering must not change when merges change the table.
     order = Window.orderBy("path")
     return todo.withColumn(
         "batch",
@@ -206,16 +232,15 @@ def _todo(spark: SparkSession, ctx: RunContext, listing: DataFrame) -> DataFrame
     ).localCheckpoint(eager=True)
 
 
-def _process_batch(spark: SparkSession, ctx: RunContext, rows: list) -> DataFrame:
-    prepared = prepare_batch(spark, ctx, rows)
+def _process_batch(spark: SparkSession, ctx: RunContext, rows: list, held: Held) -> DataFrame:
+    prepared = prepare_batch(spark, ctx, rows, held)
     answers = _answers(spark, ctx, prepared)
-    # Materialized so the MERGE source no longer reads the target table, and the counts
-    # match what was merged.
+    # Fixed, so the MERGE and the counts after it see the same rows.
     return _rows(ctx, prepared, answers).localCheckpoint(eager=True)
 
 
-def prepare_batch(spark: SparkSession, ctx: RunContext, rows: list) -> DataFrame:
-    """Prepared (or refused) images of one batch, materialized once."""
+def prepare_batch(spark: SparkSession, ctx: RunContext, rows: list, held: Held) -> DataFrame:
+    """Prepared (or refused) images of one batch, computed once."""
     bounds = ctx.catalog.input
     gated, readable = [], []
     for r in rows:
@@ -232,7 +257,7 @@ def prepare_batch(spark: SparkSession, ctx: RunContext, rows: list) -> DataFrame
             *source.METADATA, "p.*"
         )
         prepared = prepared.unionByName(read)
-    return prepared.localCheckpoint(eager=True)
+    return held.keep(prepared)
 
 
 def _gated_frame(spark: SparkSession, gated: list) -> DataFrame:
