@@ -91,7 +91,7 @@ def memory(count: int) -> None:
     print(f"\nPart 2: {count} files of 15-20 MB through the Spark preparation stage, local[2]")
     sizes = []
     for i in range(count):
-        data = jpeg_bytes(photo(5800 + (i % 5) * 150, 4000 + (i % 3) * 100, i), 97)
+        data = jpeg_bytes(photo(5700 + (i % 5) * 100, 4000 + (i % 3) * 50, i), 97)
         (folder / f"photo{i:03}.jpg").write_bytes(data)
         sizes.append(len(data))
     print(f"  files              {min(sizes) / 1e6:.1f}-{max(sizes) / 1e6:.1f} MB "
