@@ -29,7 +29,7 @@ from pipeline.images import check_length
 from pipeline.limits import Catalog, ModelFamily, load_catalog
 from pipeline.payloads import PromptSpec, image_byte_budget
 from pipeline.spark import get_spark
-from pipeline.udfs import CAPTIONED, PREPARED, CallPlan, caption_udf, prepare_udf
+from pipeline.udfs import CAPTIONED, PREPARED, CallPlan, caption_udf, outcome_row, prepare_udf
 
 DONE_STATUSES = ("ok", "invalid")
 
@@ -249,7 +249,7 @@ def prepare_batch(spark: SparkSession, ctx: RunContext, rows: list, held: Held) 
             gated.append((r["path"], r["length"], r["modificationTime"], rejected))
         else:
             readable.append(r["path"])
-    prepared = _gated_frame(spark, gated)
+    prepared = _gated_frame(spark, ctx, gated)
     if readable:
         contents = source.read_contents(spark, readable)
         udf = prepare_udf(ctx.family, bounds, ctx.image_budget)
@@ -260,14 +260,13 @@ def prepare_batch(spark: SparkSession, ctx: RunContext, rows: list, held: Held) 
     return held.keep(prepared)
 
 
-def _gated_frame(spark: SparkSession, gated: list) -> DataFrame:
+def _gated_frame(spark: SparkSession, ctx: RunContext, gated: list) -> DataFrame:
     """Rows for files refused on their length alone: their bytes are never read."""
     schema = "path STRING, length BIGINT, modificationTime TIMESTAMP, " + ", ".join(
         f"{f.name} {f.dataType.simpleString()}" for f in PREPARED.fields
     )
     data = [
-        (path, length, mtime, None, None, None, None, None, None, None, None, None,
-         rejected.error_class, rejected.message, 0)
+        (path, length, mtime, *outcome_row(rejected, ctx.family, None).values())
         for path, length, mtime, rejected in gated
     ]
     return spark.createDataFrame(data, schema)
@@ -298,7 +297,8 @@ def _answers(spark: SparkSession, ctx: RunContext, prepared: DataFrame) -> DataF
             "content_sha256",
             F.col("path").alias("answer_path"),
             *[
-                (F.lit(0) if c == "attempts" else F.lit(0) if c == "throttled" else F.col(c))
+                # A reused answer cost no request now.
+                (F.lit(0) if c in ("attempts", "throttled") else F.col(c))
                 .cast(CAPTIONED[c].dataType)
                 .alias(c)
                 for c in CAPTIONED.names

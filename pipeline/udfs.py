@@ -27,7 +27,7 @@ from pyspark.sql.types import (
 )
 
 from pipeline.client import CallResult, CaptionClient, ClientSettings
-from pipeline.images import Prepared, prepare
+from pipeline.images import Prepared, Rejected, prepare
 from pipeline.limits import InputBounds, ModelFamily
 from pipeline.payloads import PromptSpec, chat_body, encode
 
@@ -71,35 +71,27 @@ def prepared_row(
 ) -> dict:
     """One PREPARED row for one file's bytes."""
     result = prepare(content, family, bounds, max_bytes)
-    row = {
-        "content_sha256": hashlib.sha256(content).hexdigest(),
-        "format": result.format,
-        "width": result.width,
-        "height": result.height,
-    }
-    if isinstance(result, Prepared):
-        return {
-            **row,
-            "sent_width": result.sent_width,
-            "sent_height": result.sent_height,
-            "sent_bytes": result.sent_bytes,
-            "image": result.data,
-            "mime": result.mime,
-            "error_class": None,
-            "error_message": None,
-            "estimated_image_tokens": family.image_tokens(result.sent_width, result.sent_height),
-        }
-    return {
-        **row,
-        "sent_width": None,
-        "sent_height": None,
-        "sent_bytes": None,
-        "image": None,
-        "mime": None,
-        "error_class": result.error_class,
-        "error_message": result.message,
-        "estimated_image_tokens": 0,
-    }
+    return outcome_row(result, family, hashlib.sha256(content).hexdigest())
+
+
+def outcome_row(result: Prepared | Rejected, family: ModelFamily, sha256: str | None) -> dict:
+    """A PREPARED row for an outcome; `sha256` is None for files whose bytes were never read."""
+    row = dict.fromkeys(PREPARED.names)
+    row.update(content_sha256=sha256, format=result.format, width=result.width,
+               height=result.height)
+    if isinstance(result, Rejected):
+        row.update(error_class=result.error_class, error_message=result.message,
+                   estimated_image_tokens=0)
+        return row
+    row.update(
+        sent_width=result.sent_width,
+        sent_height=result.sent_height,
+        sent_bytes=result.sent_bytes,
+        image=result.data,
+        mime=result.mime,
+        estimated_image_tokens=family.image_tokens(result.sent_width, result.sent_height),
+    )
+    return row
 
 
 def prepare_udf(family: ModelFamily, bounds: InputBounds, max_bytes: int):
