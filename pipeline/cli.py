@@ -125,8 +125,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.run import run
 
     cfg = load_config(args)
-    if cfg.mode == "sql":
-        raise ConfigError("--mode sql is not available yet; use --mode udf")
     with connected(cfg) as (cfg, credentials):
         result = run(cfg, credentials)
     print(summary(result))

@@ -28,6 +28,7 @@ from pipeline.config import RunConfig
 from pipeline.images import check_length
 from pipeline.limits import Catalog, ModelFamily, load_catalog
 from pipeline.payloads import PromptSpec, image_byte_budget
+from pipeline.resources import sql_text
 from pipeline.spark import get_spark
 from pipeline.udfs import CAPTIONED, PREPARED, CallPlan, caption_udf, outcome_row, prepare_udf
 
@@ -155,8 +156,15 @@ def run(
     started = datetime.now(timezone.utc)
     _record(spark, ctx, result, started, None)
     try:
-        _run_batches(spark, ctx, result, progress)
+        if config.mode == "sql":
+            from pipeline import sql_path
+
+            sql_path.caption(spark, ctx, result, progress)
+        else:
+            _run_batches(spark, ctx, result, progress)
         _summarize(spark, ctx, result)
+        if config.mode == "sql":  # one statement: what it did not write, it skipped
+            result.skipped = result.listed - result.written
         result.status = "succeeded"
         _record(spark, ctx, result, started, None)
     except BaseException as exc:
@@ -358,31 +366,27 @@ def _rows(ctx: RunContext, prepared: DataFrame, answers: DataFrame) -> DataFrame
 
 
 def _summarize(spark: SparkSession, ctx: RunContext, result: RunResult) -> None:
-    """Run totals from the rows this run wrote."""
-    rows = spark.table(ctx.tables.captions).filter(F.col("run_id") == ctx.run_id)
-    paid = F.col("attempts") > 0
-    totals = rows.agg(
-        F.sum("attempts").alias("requests"),
-        F.sum(F.when(paid, F.col("attempts") - 1)).alias("retries"),
-        F.sum(F.when(paid, F.col("prompt_tokens"))).alias("prompt_tokens"),
-        F.sum(F.when(paid, F.col("completion_tokens"))).alias("completion_tokens"),
-        F.sum(F.when(paid, F.col("total_tokens"))).alias("total_tokens"),
-        F.percentile_approx(F.when(paid, F.col("latency_ms")), [0.5, 0.95]).alias("latency"),
-    ).first()
-    result.requests = int(totals["requests"] or 0)
-    result.retries = int(totals["retries"] or 0)
-    result.prompt_tokens = int(totals["prompt_tokens"] or 0)
-    result.completion_tokens = int(totals["completion_tokens"] or 0)
-    result.total_tokens = int(totals["total_tokens"] or 0)
-    if totals["latency"]:
-        result.latency_p50_ms, result.latency_p95_ms = (float(x) for x in totals["latency"])
-    result.error_classes = Counter(
-        {
-            r["error_class"]: r["count"]
-            for r in rows.filter(F.col("error_class").isNotNull())
-            .groupBy("error_class").count().collect()
-        }
-    )
+    """Run totals from the rows this run wrote (sql/summarize_run.sql)."""
+    rows = spark.sql(
+        sql_text("summarize_run.sql"), args={"table": ctx.tables.captions, "run_id": ctx.run_id}
+    ).collect()
+    groups = [r for r in rows if not r["is_total"]]
+    result.statuses = Counter()
+    result.error_classes = Counter()
+    for r in groups:
+        result.statuses[r["status"]] += r["files"]
+        if r["error_class"]:
+            result.error_classes[r["error_class"]] += r["files"]
+    total = next((r for r in rows if r["is_total"]), None)
+    if total is None or not total["files"]:
+        return
+    result.requests, result.retries = int(total["requests"]), int(total["retries"])
+    result.prompt_tokens = int(total["prompt_tokens"])
+    result.completion_tokens = int(total["completion_tokens"])
+    result.total_tokens = int(total["total_tokens"])
+    if total["latency_p50_ms"] is not None:
+        result.latency_p50_ms = float(total["latency_p50_ms"])
+        result.latency_p95_ms = float(total["latency_p95_ms"])
 
 
 def _record(

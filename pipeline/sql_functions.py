@@ -1,0 +1,150 @@
+"""Local stand-ins for the Databricks SQL functions the templates in sql/ call.
+
+On Databricks the built-ins run; on a laptop these are registered in the Spark session under
+the same names, so the same template text runs in both places:
+
+- `read_files(path, format => 'binaryFile', recursiveFileLookup => true)`: a Python UDTF
+  yielding path, modificationTime, length, content like the binaryFile source (same `file:`
+  paths; names starting with `_` or `.` skipped as Spark does). It reads local folders only,
+  and, unlike the built-in, reads every file's bytes.
+- `ai_query(endpoint, request, returnType, failOnError, modelParameters, responseFormat,
+  files)`: a pandas UDF calling the configured endpoint with this project's client (so its
+  retries and bounded concurrency). It always returns the `failOnError => false` shape,
+  STRUCT<result STRING, errorMessage STRING>: the facts we have (reference/facts.md) show
+  that shape but no official page names the fields, so these names are our best reading.
+  With failOnError => true it raises on the first failed row instead. `modelParameters`
+  fields max_tokens and temperature are sent (NULL ones are left out); `responseFormat` is a
+  JSON string, either a response_format object or a bare JSON schema.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+from datetime import datetime
+
+import pandas as pd
+from PIL import Image, UnidentifiedImageError
+from pyspark.sql import SparkSession
+from pyspark.sql.functions import pandas_udf, udtf
+
+from pipeline.auth import Credentials
+from pipeline.client import CallResult, CaptionClient, ClientSettings
+from pipeline.config import RunConfig
+from pipeline.payloads import PromptSpec, chat_body, encode
+
+AI_QUERY_RESULT = "struct<result:string,errorMessage:string>"
+READ_FILES_SCHEMA = "path: string, modificationTime: timestamp, length: bigint, content: binary"
+
+
+@udtf(returnType=READ_FILES_SCHEMA)
+class ReadFiles:
+    def eval(self, path: str, format: str | None = None, recursiveFileLookup=None):  # noqa: A002
+        if format not in (None, "binaryFile"):
+            raise ValueError("the local read_files stand-in reads format => 'binaryFile' only")
+        root = path[len("file:"):] if path.startswith("file:") else path
+        if "://" in root:
+            raise ValueError("the local read_files stand-in reads local folders only")
+        if not os.path.exists(root):
+            raise FileNotFoundError(f"{path} does not exist")
+        for folder, subfolders, names in os.walk(root):
+            subfolders[:] = sorted(d for d in subfolders if not d.startswith(("_", ".")))
+            for name in sorted(names):
+                if name.startswith(("_", ".")):
+                    continue
+                full = os.path.abspath(os.path.join(folder, name))
+                status = os.stat(full)
+                with open(full, "rb") as handle:
+                    content = handle.read()
+                # binaryFile reports modification times in milliseconds.
+                modified = datetime.fromtimestamp(status.st_mtime_ns // 1_000_000 / 1000)
+                yield "file:" + full, modified, status.st_size, content
+
+
+def _mime(content: bytes | None) -> str:
+    """The declared type of the bytes, as the built-in would infer it."""
+    try:
+        with Image.open(io.BytesIO(content or b"")) as img:
+            return Image.MIME.get(img.format or "", "application/octet-stream")
+    except (UnidentifiedImageError, OSError, ValueError):
+        return "application/octet-stream"
+
+
+def _response_schema(response_format: str | None) -> dict | None:
+    if response_format is None:
+        return None
+    parsed = json.loads(response_format)
+    if isinstance(parsed, dict) and parsed.get("type") == "json_schema":
+        return parsed["json_schema"]["schema"]
+    return parsed
+
+
+def ai_query_udf(credentials: Credentials, config: RunConfig):
+    def settings_for(endpoint: str) -> ClientSettings:
+        url = credentials.host + config.chat_path.replace("{endpoint}", endpoint)
+        return ClientSettings(url, credentials, config.request_timeout, config.max_attempts,
+                              config.max_concurrency, config.max_rpm)
+
+    model_in_body = "{endpoint}" not in config.chat_path
+
+    async def answer_all(rows: list[tuple[str, bytes]]) -> list[CallResult]:
+        by_endpoint: dict[str, CaptionClient] = {}
+        try:
+            for endpoint, _ in rows:
+                if endpoint not in by_endpoint:
+                    by_endpoint[endpoint] = await CaptionClient(settings_for(endpoint)).__aenter__()
+            return await asyncio.gather(
+                *(by_endpoint[e].call(body, "result", False) for e, body in rows)
+            )
+        finally:
+            for client in by_endpoint.values():
+                await client.__aexit__(None, None, None)
+
+    @pandas_udf(AI_QUERY_RESULT)
+    def ai_query(
+        endpoint: pd.Series,
+        request: pd.Series,
+        # The built-in's argument names; pandas UDF type hints cannot say "| None".
+        returnType: pd.Series = None,  # noqa: N803
+        failOnError: pd.Series = None,  # noqa: N803
+        modelParameters: pd.DataFrame = None,  # noqa: N803
+        responseFormat: pd.Series = None,  # noqa: N803
+        files: pd.Series = None,
+    ) -> pd.DataFrame:
+        rows = []
+        for i, (name, text) in enumerate(zip(endpoint, request, strict=True)):
+            params = modelParameters.iloc[i].to_dict() if modelParameters is not None else {}
+            spec = PromptSpec(
+                text,
+                int(params.get("max_tokens") or config.max_tokens),
+                None if pd.isna(params.get("temperature")) else float(params["temperature"]),
+                _response_schema(responseFormat.iloc[i] if responseFormat is not None else None),
+            )
+            images = []
+            if files is not None and files.iloc[i] is not None:
+                content = bytes(files.iloc[i])
+                images = [(_mime(content), content)]
+            model = name if model_in_body else None
+            rows.append((name, encode(chat_body(spec, images, model))))
+        results = asyncio.run(answer_all(rows))
+        strict = failOnError is not None and bool(failOnError.iloc[0])
+        if strict and any(not r.ok for r in results):
+            raise RuntimeError(next(r.error_message for r in results if not r.ok))
+        return pd.DataFrame(
+            {
+                "result": [r.answer.caption if r.ok else None for r in results],
+                "errorMessage": [None if r.ok else r.error_message for r in results],
+            }
+        )
+
+    return ai_query
+
+
+def register(spark: SparkSession, credentials: Credentials, config: RunConfig) -> None:
+    """Register `read_files` and `ai_query` in a local session (never on Databricks)."""
+    spark.udtf.register("read_files", ReadFiles)
+    # Nondeterministic: Delta's MERGE then materializes its source once instead of calling
+    # the endpoint again when it reads the source a second time.
+    spark.udf.register("ai_query", ai_query_udf(credentials, config).asNondeterministic())

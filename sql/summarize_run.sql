@@ -1,0 +1,18 @@
+-- One run's totals from the rows it wrote: one row per (status, error_class), then a grand
+-- total row (is_total = 1) carrying the latency percentiles of the rows that made requests.
+-- Cost counts rows with attempts > 0 only: a reused answer repeats its usage but paid nothing.
+SELECT
+  grouping(status) AS is_total,
+  status,
+  error_class,
+  count(*) AS files,
+  coalesce(sum(attempts), 0) AS requests,
+  coalesce(sum(CASE WHEN attempts > 0 THEN attempts - 1 END), 0) AS retries,
+  coalesce(sum(CASE WHEN attempts > 0 THEN prompt_tokens END), 0) AS prompt_tokens,
+  coalesce(sum(CASE WHEN attempts > 0 THEN completion_tokens END), 0) AS completion_tokens,
+  coalesce(sum(CASE WHEN attempts > 0 THEN total_tokens END), 0) AS total_tokens,
+  percentile_approx(CASE WHEN attempts > 0 THEN latency_ms END, 0.5) AS latency_p50_ms,
+  percentile_approx(CASE WHEN attempts > 0 THEN latency_ms END, 0.95) AS latency_p95_ms
+FROM IDENTIFIER(:table)
+WHERE run_id = :run_id
+GROUP BY GROUPING SETS ((status, error_class), ())
