@@ -120,7 +120,7 @@ def cpu_per_request(url: str, token: str, images: list[bytes], capacity: int) ->
     from openai import OpenAI
 
     spec = PromptSpec("Describe this image.", 64)
-    creds = static(url, token, "bench")
+    creds = static(url, token)
     bodies = [encode(chat_body(spec, [("image/jpeg", i)])) for i in images]
 
     async def ours() -> None:
@@ -165,7 +165,7 @@ def main() -> None:
                         endpoint=ENDPOINT, host=endpoint.url,
                         max_concurrency=args.capacity, max_files_per_batch=args.images)
         started = time.perf_counter()
-        result = runner.run(cfg, static(endpoint.url, endpoint.token, "bench"), spark,
+        result = runner.run(cfg, static(endpoint.url, endpoint.token), spark,
                             progress=lambda _: None)
         whole = time.perf_counter() - started
         a_rate, a_refused = measured(endpoint.stats())

@@ -40,15 +40,14 @@ class Secret:
 class Credentials:
     host: str
     headers: Secret  # "Name: value" lines, so one Secret carries whichever scheme auth chose
-    source: str  # where the host came from: flag, environment, conf, local
 
     def header_dict(self) -> dict[str, str]:
         lines = self.headers.reveal().splitlines()
         return dict(line.split(": ", 1) for line in lines if ": " in line)
 
 
-def static(host: str, token: str, source: str) -> Credentials:
-    return Credentials(host.rstrip("/"), Secret(f"Authorization: Bearer {token}"), source)
+def static(host: str, token: str) -> Credentials:
+    return Credentials(host.rstrip("/"), Secret(f"Authorization: Bearer {token}"))
 
 
 def environment_host() -> str | None:
@@ -60,7 +59,7 @@ def environment_host() -> str | None:
         return None
 
 
-def resolve(host: str, source: str) -> Credentials:
+def resolve(host: str) -> Credentials:
     """Credentials for `host` by the SDK's unified auth (token, profile, OAuth...)."""
     config = _config(host)
     try:
@@ -68,7 +67,7 @@ def resolve(host: str, source: str) -> Credentials:
     except Exception as exc:  # the SDK raises many kinds; none of them carries the secret
         raise AuthError(f"cannot authenticate to {host}: {type(exc).__name__}") from None
     lines = "\n".join(f"{k}: {v}" for k, v in headers.items())
-    return Credentials(config.host.rstrip("/"), Secret(lines), source)
+    return Credentials(config.host.rstrip("/"), Secret(lines))
 
 
 def _config(host: str | None) -> Config:

@@ -100,7 +100,7 @@ def connected(cfg: RunConfig) -> Iterator[tuple[RunConfig, Credentials]]:
             raise ConfigError("--endpoint is required when a host is configured")
         if not cfg.input:
             raise ConfigError("--input is required when a host is configured")
-        credentials = auth.resolve(cfg.host, "configured")
+        credentials = auth.resolve(cfg.host)
         if "/serving-endpoints/" in cfg.chat_path:
             preflight(credentials, cfg.endpoint)
         yield cfg, credentials
@@ -118,7 +118,7 @@ def connected(cfg: RunConfig) -> Iterator[tuple[RunConfig, Credentials]]:
             extra={"local_endpoint": server.url},
         )
         print(f"No Databricks host configured: using the local reference model at {server.url}")
-        yield cfg, auth.static(server.url, token, "local")
+        yield cfg, auth.static(server.url, token)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -19,8 +19,6 @@ from pipeline.local_endpoint import EndpointOptions, Faults, LocalEndpoint
 for _name in ("DATABRICKS_HOST", "DATABRICKS_TOKEN", "DATABRICKS_CONFIG_PROFILE"):
     os.environ.pop(_name, None)
 
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
-
 
 @pytest.fixture(scope="session")
 def spark():
@@ -42,7 +40,7 @@ def serve() -> Iterator[Callable[..., tuple[LocalEndpoint, auth.Credentials]]]:
             EndpointOptions(token=token, faults=faults or Faults(), **options)
         ).start()
         started.append(endpoint)
-        return endpoint, auth.static(endpoint.url, token, "test")
+        return endpoint, auth.static(endpoint.url, token)
 
     yield start
     for endpoint in started:

@@ -79,7 +79,7 @@ def test_rejections_and_auth_are_not_retried(serve) -> None:
     [rejected] = call_all(endpoint.url, creds, [tiff])
     assert (rejected.error_class, rejected.attempts) == ("rejected", 1)
     assert "HTTP 400" in rejected.error_message
-    [refused] = call_all(endpoint.url, static(endpoint.url, "wrong", "t"), bodies(1))
+    [refused] = call_all(endpoint.url, static(endpoint.url, "wrong"), bodies(1))
     assert (refused.error_class, refused.attempts) == ("auth", 1)
 
 
@@ -114,8 +114,8 @@ def test_preflight_says_what_is_wrong_in_one_line(serve) -> None:
     endpoint, creds = serve(endpoint_name="ep")
     preflight(creds, "ep")
     with pytest.raises(EndpointError, match="refused the credentials"):
-        preflight(static(endpoint.url, "wrong", "t"), "ep")
+        preflight(static(endpoint.url, "wrong"), "ep")
     with pytest.raises(EndpointError, match="'other' not found"):
         preflight(creds, "other")
     with pytest.raises(EndpointError, match="cannot reach"):
-        preflight(static("http://127.0.0.1:9", "t", "t"), "ep", timeout_s=2)
+        preflight(static("http://127.0.0.1:9", "t"), "ep", timeout_s=2)

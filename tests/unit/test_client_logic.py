@@ -93,7 +93,7 @@ def test_aimd_never_admits_more_than_the_limit() -> None:
 
 @pytest.mark.parametrize(("budget", "tasks"), [(16, 2), (10, 4), (3, 3), (7, 7), (64, 8)])
 def test_budget_shares_add_up_to_the_run_budget(budget: int, tasks: int) -> None:
-    settings = ClientSettings("http://x", static("http://x", "t", "test"), 1.0, 1, budget, 600)
+    settings = ClientSettings("http://x", static("http://x", "t"), 1.0, 1, budget, 600)
     plan = CallPlan(settings, PromptSpec("p", 1), None, tasks)
     shares = [plan.for_partition(p) for p in range(tasks)]
     assert sum(s.concurrency for s in shares) == budget
@@ -103,7 +103,7 @@ def test_budget_shares_add_up_to_the_run_budget(budget: int, tasks: int) -> None
 
 def test_secret_never_prints() -> None:
     secret = Secret("dapi-very-secret")
-    creds = static("http://h", "dapi-very-secret", "test")
+    creds = static("http://h", "dapi-very-secret")
     for text in (repr(secret), str(secret), repr(creds), f"{creds}", str([creds])):
         assert "dapi-very-secret" not in text
     assert creds.header_dict() == {"Authorization": "Bearer dapi-very-secret"}
