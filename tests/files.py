@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,6 +153,17 @@ def hostile_cases() -> list[Case]:
         Case("download.jpg", truncated_jpeg(), "invalid", "corrupt_image", "JPEG"),
         Case("bomb.png", png_bomb(), "invalid", "decompression_bomb", "PNG"),
     ]
+
+
+def write_photos(
+    folder: Path, count: int, name: str, size: Callable[[int], tuple[int, int]]
+) -> Path:
+    """`count` JPEGs named name.format(i), image i of size(i): distinct sizes give distinct
+    bytes and captions that say which image they describe."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        (folder / name.format(i)).write_bytes(jpeg(*size(i)))
+    return folder
 
 
 def write_folder(folder: Path, cases: list[Case]) -> dict[str, Case]:

@@ -25,17 +25,11 @@ def launch(folder: Path, table: Path, url: str, token: str, *extra: str) -> subp
     )
 
 
-def photos(folder: Path, count: int) -> None:
-    folder.mkdir(parents=True)
-    for i in range(count):
-        (folder / f"photo {i:02}.jpg").write_bytes(files.jpeg(30 + i, 20 + i))
-
-
 def test_a_run_killed_mid_way_resumes_without_losing_or_duplicating(
     spark, serve, tmp_path
 ) -> None:
     count, batch, budget = 36, 6, 3
-    photos(tmp_path / "in", count)
+    files.write_photos(tmp_path / "in", count, "photo {:02}.jpg", lambda i: (30 + i, 20 + i))
     broken = {"truncated download.jpg": ("invalid", "corrupt_image"),
               "notes.jpg": ("invalid", "not_an_image"),
               "vector.svg": ("invalid", "unsupported_format"),
@@ -85,7 +79,7 @@ def test_a_run_killed_mid_way_resumes_without_losing_or_duplicating(
 
 def test_two_overlapping_runs_leave_one_row_per_file(spark, serve, tmp_path) -> None:
     count = 8
-    photos(tmp_path / "in", count)
+    files.write_photos(tmp_path / "in", count, "photo {:02}.jpg", lambda i: (30 + i, 20 + i))
     table = tmp_path / "out" / "captions"
     endpoint, creds = serve(endpoint_name=ENDPOINT, latency_ms=50)
     token = creds.headers.reveal().split("Bearer ", 1)[1]

@@ -15,10 +15,7 @@ def rows_by_name(spark, cfg) -> dict:
 
 
 def test_only_the_file_whose_bytes_changed_is_redone(spark, serve, run_config, tmp_path) -> None:
-    folder = tmp_path / "in"
-    folder.mkdir()
-    for i in range(5):
-        (folder / f"img{i}.jpg").write_bytes(files.jpeg(40 + i, 30))
+    folder = files.write_photos(tmp_path / "in", 5, "img{}.jpg", lambda i: (40 + i, 30))
     endpoint, creds = serve()
     cfg = run_config(folder)
     runner.run(cfg, creds, spark, progress=lambda _: None)

@@ -60,10 +60,7 @@ def test_every_hostile_file_ends_as_one_row_with_its_exact_status(
 def test_a_rerun_skips_what_is_done_and_redoes_only_failures(
     spark, serve, run_config, tmp_path
 ) -> None:
-    folder = tmp_path / "in"
-    for i in range(8):
-        (folder / f"img{i}.jpg").parent.mkdir(parents=True, exist_ok=True)
-        (folder / f"img{i}.jpg").write_bytes(files.jpeg(40 + i, 30))
+    folder = files.write_photos(tmp_path / "in", 8, "img{}.jpg", lambda i: (40 + i, 30))
     (folder / "broken.jpg").write_bytes(files.truncated_jpeg())
     failing, creds = serve(Faults(rate_503=1.0))
     cfg = run_config(folder, max_attempts=2, max_files_per_batch=3)
@@ -134,10 +131,7 @@ def test_answers_land_on_their_own_rows_whatever_order_they_complete_in(
 def test_the_concurrency_budget_holds_across_all_spark_tasks(
     spark, serve, run_config, tmp_path
 ) -> None:
-    folder = tmp_path / "in"
-    folder.mkdir()
-    for i in range(40):
-        (folder / f"img{i}.jpg").write_bytes(files.jpeg(20 + i, 20))
+    folder = files.write_photos(tmp_path / "in", 40, "img{}.jpg", lambda i: (20 + i, 20))
     endpoint, creds = serve(latency_ms=80, max_concurrency=4)
     cfg = run_config(folder, max_concurrency=4)
     runner.run(cfg, creds, spark, progress=lambda _: None)
@@ -148,10 +142,7 @@ def test_the_concurrency_budget_holds_across_all_spark_tasks(
 
 
 def test_replaying_a_batch_changes_nothing(spark, serve, run_config, tmp_path) -> None:
-    folder = tmp_path / "in"
-    folder.mkdir()
-    for i in range(4):
-        (folder / f"img{i}.jpg").write_bytes(files.jpeg(20 + i, 20))
+    folder = files.write_photos(tmp_path / "in", 4, "img{}.jpg", lambda i: (20 + i, 20))
     (folder / "empty.jpg").write_bytes(b"")
     _, creds = serve()
     cfg = run_config(folder)
@@ -215,10 +206,7 @@ def test_the_token_never_reaches_a_plan_a_table_or_a_log(
 def test_one_request_in_five_failing_ends_with_every_row_and_a_rerun_captions_them(
     spark, serve, run_config, tmp_path
 ) -> None:
-    folder = tmp_path / "in"
-    folder.mkdir()
-    for i in range(40):
-        (folder / f"img{i:02}.jpg").write_bytes(files.jpeg(30 + i, 30))
+    folder = files.write_photos(tmp_path / "in", 40, "img{:02}.jpg", lambda i: (30 + i, 30))
     (folder / "not an image.jpg").write_bytes(files.pdf())
     kinds = ("rate_429", "rate_500", "rate_502", "rate_503", "rate_504", "rate_html",
              "rate_drop", "rate_hang")

@@ -20,9 +20,7 @@ HOSTILE = "Describe it'; DROP TABLE captions; -- \" /* */"
 
 def mixed_folder(folder: Path) -> None:
     """Good images of distinct sizes and the broken files both paths judge alike."""
-    folder.mkdir(parents=True)
-    for i in range(5):
-        (folder / f"photo {i}.jpg").write_bytes(files.jpeg(40 + i, 30 + i))
+    files.write_photos(folder, 5, "photo {}.jpg", lambda i: (40 + i, 30 + i))
     (folder / "diagram.png").write_bytes(files.png(70, 50))
     (folder / "copy of photo 0.jpg").write_bytes(files.jpeg(40, 30))
     (folder / "empty.jpg").write_bytes(b"")
@@ -107,10 +105,7 @@ def test_a_hostile_prompt_or_path_cannot_change_the_sql_that_runs(
 def test_ai_query_failures_become_failed_rows_and_a_rerun_captions_them(
     spark, serve, run_config, tmp_path
 ) -> None:
-    folder = tmp_path / "in"
-    folder.mkdir()
-    for i in range(3):
-        (folder / f"p{i}.jpg").write_bytes(files.jpeg(30 + i, 30))
+    folder = files.write_photos(tmp_path / "in", 3, "p{}.jpg", lambda i: (30 + i, 30))
     failing, creds = serve(Faults(rate_503=1.0))
     cfg = run_config(folder, mode="sql", max_attempts=1)
     runner.run(cfg, creds, spark, progress=lambda _: None)
