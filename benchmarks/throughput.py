@@ -35,7 +35,7 @@ from pipeline import run as runner
 from pipeline.auth import static
 from pipeline.client import CaptionClient, ClientSettings
 from pipeline.config import RunConfig
-from pipeline.payloads import PromptSpec, chat_body, data_url, encode
+from pipeline.payloads import PromptSpec, caption_parser, chat_body, data_url, encode
 from pipeline.spark import get_spark
 
 ENDPOINT = "bench-vlm"
@@ -52,7 +52,7 @@ def jpeg(width: int, height: int) -> bytes:
 class Endpoint:
     """`vision-batch serve-local` in a subprocess, so its work is not in our process."""
 
-    def __init__(self, latency_ms: float, capacity: int) -> None:
+    def __init__(self, latency_ms: float, capacity: int, *extra: str) -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
@@ -61,7 +61,7 @@ class Endpoint:
         env = {**os.environ, "DATABRICKS_TOKEN": self.token}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pipeline.cli", "serve-local", "--port", str(self.port),
-             "--latency-ms", str(latency_ms), "--max-concurrency", str(capacity)],
+             "--latency-ms", str(latency_ms), "--max-concurrency", str(capacity), *extra],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         for _ in range(100):
@@ -127,7 +127,8 @@ def cpu_per_request(url: str, token: str, images: list[bytes], capacity: int) ->
         settings = ClientSettings(f"{url}/serving-endpoints/{ENDPOINT}/invocations", creds,
                                   30.0, 3, capacity)
         async with CaptionClient(settings) as client:
-            await asyncio.gather(*(client.call(b, "caption", False) for b in bodies))
+            parse = caption_parser("caption", False)
+            await asyncio.gather(*(client.call(b, parse) for b in bodies))
 
     started = time.process_time()
     asyncio.run(ours())

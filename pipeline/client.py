@@ -13,13 +13,15 @@ import asyncio
 import email.utils
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Any
 
 import httpx
 
 from pipeline.auth import Credentials
-from pipeline.payloads import Answer, BadResponse, error_message, parse_answer
+from pipeline.payloads import BadResponse, error_message
 
 # Longest wait we accept from a Retry-After header; a server asking for more is treated as
 # "later", and the row fails as rate_limited after its attempts rather than stalling a task.
@@ -40,9 +42,13 @@ class ClientSettings:
     backoff_cap_s: float = 30.0
 
 
+# Turns a 200 body into an answer, or raises BadResponse (a retriable failure).
+Parser = Callable[[bytes], Any]
+
+
 @dataclass
 class CallResult:
-    answer: Answer | None
+    answer: Any  # what the parser made of the body; None when the call failed
     error_class: str | None
     error_message: str | None
     attempts: int
@@ -58,7 +64,7 @@ class CallResult:
 class _Attempt:
     error_class: str | None
     message: str | None
-    answer: Answer | None = None
+    answer: Any = None
     retry_after_s: float | None = None
 
 
@@ -171,8 +177,9 @@ class CaptionClient:
     async def __aexit__(self, *exc: object) -> None:
         await self._http.aclose()
 
-    async def call(self, body: bytes, caption_field: str, structured: bool) -> CallResult:
-        """Send one request body, retrying until it succeeds or cannot."""
+    async def call(self, body: bytes, parse: Parser) -> CallResult:
+        """Send one request body, retrying until it succeeds or cannot; `parse` reads a 200
+        body (e.g. `payloads.caption_parser(...)`) and raises BadResponse when it is unusable."""
         s = self.settings
         attempt = _Attempt("connection_error", "No attempt was made.")
         throttled = 0
@@ -182,7 +189,7 @@ class CaptionClient:
             epoch = await self.limit.acquire()
             started = time.perf_counter()
             try:
-                attempt = await self._attempt(body, caption_field, structured)
+                attempt = await self._attempt(body, parse)
             finally:
                 latency_ms = int((time.perf_counter() - started) * 1000)
                 await self.limit.release(epoch, attempt.error_class == "rate_limited")
@@ -200,7 +207,7 @@ class CaptionClient:
             await asyncio.sleep(delay)
         raise AssertionError("unreachable: the loop returns on its last attempt")
 
-    async def _attempt(self, body: bytes, caption_field: str, structured: bool) -> _Attempt:
+    async def _attempt(self, body: bytes, parse: Parser) -> _Attempt:
         try:
             response = await self._http.post(self.settings.url, content=body)
         except httpx.TimeoutException:
@@ -211,8 +218,7 @@ class CaptionClient:
             return _Attempt("connection_error", f"The connection failed ({type(exc).__name__}).")
         if response.status_code == 200:
             try:
-                return _Attempt(None, None, parse_answer(response.content, caption_field,
-                                                         structured))
+                return _Attempt(None, None, parse(response.content))
             except BadResponse as exc:
                 return _Attempt("bad_response", str(exc))
         error_class = classify_status(response.status_code)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,13 @@ from pipeline.payloads import PromptSpec
 DEFAULT_PROMPT = (
     "Describe this image in one or two sentences, as alt text for someone who cannot see it."
 )
+DEFAULT_GROUP_PROMPT = (
+    "These images belong together (one product, place or subject). Describe what they show "
+    "together in two or three sentences, and say how the images differ from each other."
+)
+# `group_by: folder` groups files by their parent folder; anything else is a regular
+# expression whose first capture group, found in the path, is the group key.
+GROUP_BY_FOLDER = "folder"
 LOCAL_ENDPOINT = "local-reference"
 
 
@@ -47,6 +55,11 @@ class RunConfig:
     temperature: float | None = None
     response_schema: str | None = None
     caption_field: str = "caption"
+    # Several images per request: independent images packed K at a time, or groups of files
+    # that belong together sent with the group prompt (one or the other, not both).
+    images_per_request: int = 1
+    group_by: str | None = None
+    group_prompt: str = DEFAULT_GROUP_PROMPT
     # Execution
     mode: str = "udf"
     max_concurrency: int = 8
@@ -60,7 +73,8 @@ class RunConfig:
     def validate(self) -> RunConfig:
         if self.mode not in ("udf", "sql"):
             raise ConfigError(f"mode must be 'udf' or 'sql', not {self.mode!r}")
-        for key in ("max_tokens", "max_concurrency", "max_attempts", "max_files_per_batch"):
+        for key in ("max_tokens", "max_concurrency", "max_attempts", "max_files_per_batch",
+                    "images_per_request"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be at least 1, not {getattr(self, key)!r}")
         if self.max_rpm is not None and self.max_rpm < 1:
@@ -71,7 +85,35 @@ class RunConfig:
             raise ConfigError("prompt must not be empty")
         if not self.chat_path.startswith("/"):
             raise ConfigError(f"chat_path must start with '/': {self.chat_path!r}")
+        if self.group_by is not None:
+            self._check_group_by()
         return self
+
+    def _check_group_by(self) -> None:
+        if self.images_per_request > 1:
+            raise ConfigError(
+                "group_by and images_per_request cannot be used together: a group is already "
+                "sent as one request"
+            )
+        if self.mode == "sql":
+            raise ConfigError(
+                "group_by runs in mode udf; for SQL use sql/caption_groups.sql"
+            )
+        if not self.group_prompt.strip():
+            raise ConfigError("group_prompt must not be empty")
+        if self.group_by == GROUP_BY_FOLDER:
+            return
+        try:
+            pattern = re.compile(self.group_by)
+        except re.error as exc:
+            raise ConfigError(
+                f"group_by must be 'folder' or a regular expression: {exc}"
+            ) from None
+        if pattern.groups < 1:
+            raise ConfigError(
+                f"group_by {self.group_by!r} has no capture group: wrap the part of the path "
+                "that names the group in parentheses"
+            )
 
     def prompt_spec(self) -> PromptSpec:
         schema = None
@@ -86,6 +128,9 @@ class RunConfig:
                 raise ConfigError(
                     f"response_schema: {self.response_schema} is not JSON: {exc}"
                 ) from None
+        if self.group_by is not None:  # grouped answers are another question, another id
+            return PromptSpec(self.group_prompt, self.max_tokens, self.temperature, schema,
+                              self.caption_field, group_by=self.group_by)
         return PromptSpec(
             self.prompt, self.max_tokens, self.temperature, schema, self.caption_field
         )

@@ -132,15 +132,13 @@ def answer(prompt: str, images: list[bytes], response_schema: dict[str, Any] | N
     """The assistant's text for one request. The prompt cannot change what pixels measure,
     so it is accepted and ignored."""
     del prompt
-    measured = [measure(data) for data in (images[:1] if response_schema else images)]
-    return describe(measured, response_schema)
+    return describe([measure(data) for data in images], response_schema)
 
 
 def describe(measured: list[Measurements], response_schema: dict[str, Any] | None) -> str:
     """`answer` for images already measured (a server that validated them has them)."""
     if response_schema is not None:
-        m = measured[0] if measured else None
-        return json.dumps(_fill(response_schema, "", m), ensure_ascii=False)
+        return json.dumps(_fill(response_schema, "", measured), ensure_ascii=False)
     if not measured:
         return NO_IMAGE
     if len(measured) == 1:
@@ -233,8 +231,13 @@ def _colour_phrase(colours: tuple[str, ...]) -> str:
     return f"mostly {colours[0]} and {colours[1]} with some {colours[2]}"
 
 
-def _fill(schema: dict[str, Any], name: str, m: Measurements | None) -> Any:
-    """A value for `schema` (a JSON Schema) chosen by the property's name and type."""
+def _fill(
+    schema: dict[str, Any], name: str, measured: list[Measurements], index: int = 0
+) -> Any:
+    """A value for `schema` (a JSON Schema) chosen by the property's name and type, about
+    image `index` of `measured`. A list of objects with an integer `index` property gets one
+    entry per image, numbered from 1 (how a packed request asks for one answer per image)."""
+    m = measured[index] if index < len(measured) else None
     if schema.get("enum"):
         return schema["enum"][0]  # any listed value is valid; the first is as good as any
     kind = schema.get("type", "object" if "properties" in schema else "string")
@@ -243,17 +246,22 @@ def _fill(schema: dict[str, Any], name: str, m: Measurements | None) -> Any:
     key = name.lower()
     if kind == "object":
         properties = schema.get("properties") or {}
-        return {prop: _fill(sub or {}, prop, m) for prop, sub in properties.items()}
+        return {prop: _fill(sub or {}, prop, measured, index) for prop, sub in properties.items()}
     if kind == "string":
         return caption(m) if m else NO_IMAGE
     if kind in ("integer", "number"):
+        if key == "index":
+            return index + 1
         if m and key in ("width", "height"):
             return m.width if key == "width" else m.height
         return 0
     if kind == "boolean":
         return False
     if kind == "array":
-        item_type = (schema.get("items") or {}).get("type", "string")
+        items = schema.get("items") or {}
+        if "index" in (items.get("properties") or {}):
+            return [_fill(items, "", measured, i) for i in range(len(measured))]
+        item_type = items.get("type", "string")
         if m and item_type == "string" and any(word in key for word in _TAG_FIELDS):
             return tags(m)
         return []

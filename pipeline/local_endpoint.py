@@ -27,6 +27,7 @@ import threading
 import time
 import traceback
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -38,6 +39,10 @@ from pipeline import describer
 from pipeline.limits import ModelFamily, load_catalog
 
 FAULT_KINDS = ("429", "500", "502", "503", "504", "hang", "html", "drop")
+# ordered: as measured; reversed: entries in reverse order (indexes still right);
+# missing: the last entry left out; extra: one entry for an image that was not sent.
+PACKED_ANSWERS = ("ordered", "reversed", "missing", "extra")
+RPM_WINDOW_S = 60.0
 
 # Declared data-URL types and the Pillow format each promises.
 MIME_FORMATS = {
@@ -125,6 +130,12 @@ class EndpointOptions:
     # and describing included, so a benchmark's bound (capacity / latency) is the real one.
     latency_ms: float = 0.0
     max_concurrency: int | None = None  # requests in flight above this get 429 at once
+    # Requests admitted in any 60 s window above this get 429 with a Retry-After, like a
+    # pay-per-token endpoint's queries-per-time limit.
+    max_rpm: int | None = None
+    # How answers to packed requests (a list of entries with an `index`) come back: as
+    # measured, or misbehaving the way models do, so the pipeline's matching can be tested.
+    packed_answers: str = "ordered"
     faults: Faults = field(default_factory=Faults)
 
     def __post_init__(self) -> None:
@@ -134,6 +145,13 @@ class EndpointOptions:
             raise ValueError(f"--latency-ms must be zero or more, not {self.latency_ms}")
         if self.max_concurrency is not None and self.max_concurrency < 1:
             raise ValueError(f"--max-concurrency must be at least 1, not {self.max_concurrency}")
+        if self.max_rpm is not None and self.max_rpm < 1:
+            raise ValueError(f"--max-rpm must be at least 1, not {self.max_rpm}")
+        if self.packed_answers not in PACKED_ANSWERS:
+            raise ValueError(
+                f"--packed-answers must be one of {', '.join(PACKED_ANSWERS)}, "
+                f"not {self.packed_answers!r}"
+            )
 
 
 class BadRequest(ValueError):
@@ -295,6 +313,31 @@ def completion(
     }
 
 
+def misanswer(content: str, how: str) -> str:
+    """A packed answer (the first list of objects with an `index`) rearranged as `how` says;
+    any other content is returned as it is."""
+    if how == "ordered":
+        return content
+    try:
+        payload = json.loads(content)
+    except ValueError:
+        return content
+    if not isinstance(payload, dict):
+        return content
+    for key, value in payload.items():
+        if isinstance(value, list) and value and all(
+            isinstance(v, dict) and "index" in v for v in value
+        ):
+            if how == "reversed":
+                payload[key] = value[::-1]
+            elif how == "missing":
+                payload[key] = value[:-1]
+            elif how == "extra":
+                payload[key] = [*value, {**value[-1], "index": len(value) + 1}]
+            return json.dumps(payload, ensure_ascii=False)
+    return content
+
+
 def error_reply(
     status: int, code: str, message: str, *, headers: tuple[tuple[str, str], ...] = (),
     fault: str | None = None,
@@ -342,6 +385,7 @@ def _fresh_stats() -> dict[str, Any]:
         "by_status": {},
         "faults": dict.fromkeys(FAULT_KINDS, 0),
         "rejected_400": 0,
+        "over_rpm": 0,  # 429s from the per-minute cap
         "unauthorized": 0,
         "max_in_flight": 0,
         "in_flight": 0,
@@ -434,6 +478,10 @@ class _Handler(BaseHTTPRequestHandler):
         ep._count_request()
         if not self._authorized():
             self._send(ep._unauthorized(chat=True))
+            return
+        wait_s = ep._rpm_wait()
+        if wait_s is not None:
+            self._send(ep._over_rpm(wait_s))
             return
         if not ep._admit():
             self._send(ep._over_capacity())
@@ -546,6 +594,7 @@ class LocalEndpoint:
         self._stats = _fresh_stats()
         self._digests: set[str] = set()
         self._seen: dict[str, int] = {}  # body digest -> sightings, for fault injection
+        self._admitted_at: deque[float] = deque()  # start times inside the rpm window
         self._connections: dict[socket.socket, threading.Thread] = {}
         self._thread: threading.Thread | None = None
         self._server = _Server(("127.0.0.1", port), _Handler)
@@ -639,6 +688,33 @@ class LocalEndpoint:
             self._stats["unauthorized"] += 1
             if chat:
                 self._count_status(reply)
+        return reply
+
+    def _rpm_wait(self) -> float | None:
+        """Seconds until the per-minute cap admits another request; None when it does now,
+        and then the request is counted in the window."""
+        cap = self.options.max_rpm
+        if cap is None:
+            return None
+        with self._lock:
+            now = time.monotonic()
+            while self._admitted_at and now - self._admitted_at[0] >= RPM_WINDOW_S:
+                self._admitted_at.popleft()
+            if len(self._admitted_at) >= cap:
+                return RPM_WINDOW_S - (now - self._admitted_at[0])
+            self._admitted_at.append(now)
+            return None
+
+    def _over_rpm(self, wait_s: float) -> Reply:
+        reply = error_reply(
+            429,
+            "REQUEST_LIMIT_EXCEEDED",
+            f"The endpoint's limit of {self.options.max_rpm} requests per minute is exceeded.",
+            headers=(("Retry-After", str(max(1, math.ceil(wait_s)))),),
+        )
+        with self._lock:
+            self._count_status(reply)
+            self._stats["over_rpm"] += 1
         return reply
 
     def _admit(self) -> bool:
@@ -740,6 +816,7 @@ class LocalEndpoint:
         answer = b""
         if fault not in _SERVER_ERRORS and fault != "html":
             content = describer.describe(list(request.measured), request.response_schema)
+            content = misanswer(content, self.options.packed_answers)
             answer = _json_bytes(completion(name, content, request, family))
         remaining = self.options.latency_ms / 1000 - (time.monotonic() - started)
         if remaining > 0:
@@ -787,6 +864,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-concurrency", type=int, default=None,
         help="requests in flight above this get 429 REQUEST_LIMIT_EXCEEDED",
     )
+    parser.add_argument(
+        "--max-rpm", type=int, default=None,
+        help="requests per 60 s window above this get 429 with Retry-After",
+    )
+    parser.add_argument(
+        "--packed-answers", choices=PACKED_ANSWERS, default="ordered",
+        help="how answers to packed requests come back (to test matching by index)",
+    )
     parser.add_argument("--endpoint", default=None, help="endpoint name to serve (default: any)")
     parser.add_argument(
         "--family", default="generic", help="model family from models.yml whose limits apply"
@@ -815,6 +900,8 @@ def options_from_args(args: argparse.Namespace, token: str) -> EndpointOptions:
         endpoint_name=args.endpoint,
         latency_ms=args.latency_ms,
         max_concurrency=args.max_concurrency,
+        max_rpm=args.max_rpm,
+        packed_answers=args.packed_answers,
         faults=faults,
     )
 

@@ -7,6 +7,7 @@ Ollama all accept; images travel as base64 data URLs.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -26,17 +27,21 @@ class PromptSpec:
     temperature: float | None = None
     response_schema: dict[str, Any] | None = None
     caption_field: str = "caption"
+    group_by: str | None = None  # set when the prompt is asked of groups of images
 
     @property
     def prompt_id(self) -> str:
+        shape = {
+            "prompt": self.prompt,
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "response_schema": self.response_schema,
+            "caption_field": self.caption_field if self.response_schema else None,
+        }
+        if self.group_by is not None:  # only then, so ids from before groups stay the same
+            shape["group_by"] = self.group_by
         canonical = json.dumps(
-            {
-                "prompt": self.prompt,
-                "max_tokens": self.max_tokens,
-                "temperature": self.temperature,
-                "response_schema": self.response_schema,
-                "caption_field": self.caption_field if self.response_schema else None,
-            },
+            shape,
             sort_keys=True,
             separators=(",", ":"),
         )
@@ -138,6 +143,11 @@ def parse_answer(raw: bytes, caption_field: str, structured: bool) -> Answer:
             _int_or_none(usage.get("total_tokens")),
         ),
     )
+
+
+def caption_parser(caption_field: str, structured: bool):
+    """A parser of one-image answers for `CaptionClient.call`."""
+    return functools.partial(parse_answer, caption_field=caption_field, structured=structured)
 
 
 def error_message(raw: bytes) -> str | None:

@@ -24,7 +24,7 @@ from pyspark.sql import functions as F
 from pipeline import sink, source
 from pipeline.auth import Credentials
 from pipeline.client import ClientSettings
-from pipeline.config import RunConfig
+from pipeline.config import ConfigError, RunConfig
 from pipeline.images import check_length
 from pipeline.limits import Catalog, ModelFamily, load_catalog
 from pipeline.payloads import PromptSpec, image_byte_budget
@@ -133,10 +133,16 @@ def context(
             concurrency=config.max_concurrency,
             rpm=config.max_rpm,
         )
+    family = catalog.family(config.endpoint or "", config.model_family)
+    if config.images_per_request > family.max_images_per_request:
+        raise ConfigError(
+            f"images_per_request is {config.images_per_request}, but {family.name} endpoints "
+            f"take at most {family.max_images_per_request} images per request (conf/models.yml)"
+        )
     return RunContext(
         config=config,
         catalog=catalog,
-        family=catalog.family(config.endpoint or "", config.model_family),
+        family=family,
         spec=config.prompt_spec(),
         tables=tables,
         run_id=uuid.uuid4().hex,
@@ -306,7 +312,7 @@ def _answers(spark: SparkSession, ctx: RunContext, prepared: DataFrame) -> DataF
             F.col("path").alias("answer_path"),
             *[
                 # A reused answer cost no request now.
-                (F.lit(0) if c in ("attempts", "throttled") else F.col(c))
+                (F.lit(0) if c in ("attempts", "throttled", "request_share") else F.col(c))
                 .cast(CAPTIONED[c].dataType)
                 .alias(c)
                 for c in CAPTIONED.names
@@ -318,7 +324,8 @@ def _answers(spark: SparkSession, ctx: RunContext, prepared: DataFrame) -> DataF
     if count == 0:
         return known.localCheckpoint(eager=True)
     tasks = max(1, min(spark.sparkContext.defaultParallelism, ctx.config.max_concurrency, count))
-    plan = CallPlan(ctx.plan_client, ctx.spec, ctx.model, tasks)
+    plan = CallPlan(ctx.plan_client, ctx.spec, ctx.model, tasks,
+                    ctx.config.images_per_request, ctx.family.max_request_bytes)
     called = (
         to_call.repartition(tasks)
         .select(
@@ -358,6 +365,8 @@ def _rows(ctx: RunContext, prepared: DataFrame, answers: DataFrame) -> DataFrame
                                        "completion_tokens", "total_tokens", "usage_source")],
         F.col("p.estimated_image_tokens").alias("estimated_image_tokens"),
         F.when(invalid | reused, F.lit(0)).otherwise(F.col("a.attempts")).alias("attempts"),
+        F.when(invalid | reused, F.lit(0.0)).otherwise(F.col("a.request_share"))
+        .alias("request_share"),
         answer("latency_ms").alias("latency_ms"),
         F.lit(ctx.run_id).alias("run_id"),
         F.current_timestamp().alias("processed_at"),

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pyspark.sql import DataFrame, Row, SparkSession
+from pyspark.sql import functions as F
 from pyspark.sql.types import StructType, _parse_datatype_string
 
 from pipeline.resources import sql_text
@@ -95,8 +96,11 @@ def find(spark: SparkSession, table: str) -> Tables | None:
 def merge_batch(spark: SparkSession, tables: Tables, batch: DataFrame) -> None:
     """MERGE one batch into the captions table; retried when another writer got there first."""
     columns = spark.table(tables.captions).schema
+    # Every column of the table, NULL where the batch has none (group_key outside groups):
+    # UPDATE SET * / INSERT * then write each one.
     aligned = batch.select(
-        *[batch[f.name].cast(f.dataType).alias(f.name) for f in columns if f.name in batch.columns]
+        *[(batch[f.name] if f.name in batch.columns else F.lit(None)).cast(f.dataType)
+          .alias(f.name) for f in columns]
     )
     _merge(spark, "merge_captions.sql", aligned, "batch", table=tables.captions)
 

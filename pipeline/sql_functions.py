@@ -33,7 +33,7 @@ from pyspark.sql.functions import pandas_udf, udtf
 from pipeline.auth import Credentials
 from pipeline.client import CallResult, CaptionClient, ClientSettings
 from pipeline.config import RunConfig
-from pipeline.payloads import PromptSpec, chat_body, encode
+from pipeline.payloads import PromptSpec, caption_parser, chat_body, encode
 
 AI_QUERY_RESULT = "struct<result:string,errorMessage:string>"
 READ_FILES_SCHEMA = "path: string, modificationTime: timestamp, length: bigint, content: binary"
@@ -96,7 +96,7 @@ def ai_query_udf(credentials: Credentials, config: RunConfig):
                 if endpoint not in by_endpoint:
                     by_endpoint[endpoint] = await CaptionClient(settings_for(endpoint)).__aenter__()
             return await asyncio.gather(
-                *(by_endpoint[e].call(body, "result", False) for e, body in rows)
+                *(by_endpoint[e].call(body, caption_parser("result", False)) for e, body in rows)
             )
         finally:
             for client in by_endpoint.values():

@@ -7,6 +7,7 @@ client settings); the secret inside ClientSettings prints as `Secret(****)`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import math
 import threading
@@ -20,6 +21,7 @@ from pyspark import TaskContext
 from pyspark.sql.functions import pandas_udf
 from pyspark.sql.types import (
     BinaryType,
+    DoubleType,
     IntegerType,
     StringType,
     StructField,
@@ -29,7 +31,14 @@ from pyspark.sql.types import (
 from pipeline.client import CallResult, CaptionClient, ClientSettings
 from pipeline.images import Prepared, Rejected, prepare
 from pipeline.limits import InputBounds, ModelFamily
-from pipeline.payloads import PromptSpec, chat_body, encode
+from pipeline.packing import (
+    apportion_usage,
+    packed_spec,
+    parse_packed,
+    request_room,
+    split,
+)
+from pipeline.payloads import PromptSpec, Usage, caption_parser, chat_body, encode
 
 PREPARED = StructType(
     [
@@ -62,8 +71,14 @@ CAPTIONED = StructType(
         StructField("error_class", StringType()),
         StructField("error_message", StringType()),
         StructField("throttled", IntegerType()),
+        StructField("request_share", DoubleType()),
     ]
 )
+
+# A packed request that fails these ways is asked again one image at a time: the images may
+# well be fine alone (an answer that does not map, a request the endpoint refused). Other
+# failures (throttling, timeouts, server errors after every retry) would only repeat.
+FALL_BACK = {"bad_response", "rejected"}
 
 
 def prepared_row(
@@ -112,6 +127,8 @@ class CallPlan:
     spec: PromptSpec
     model: str | None  # sent as `model` for OpenAI-style URLs
     tasks: int  # caption partitions; all run at once
+    images_per_request: int = 1  # K > 1 packs K independent images into each request
+    max_request_bytes: int = 0  # the family's limit, for packing; unused when K = 1
 
     def for_partition(self, partition: int) -> ClientSettings:
         budget, tasks = self.client.concurrency, self.tasks
@@ -120,15 +137,20 @@ class CallPlan:
         return replace(self.client, concurrency=max(1, share), rpm=rpm)
 
 
+def failed_row(result: CallResult, images: int = 1) -> dict:
+    """A CAPTIONED row for a request that got no usable answer; `images` shared it."""
+    return {
+        "status": "failed", "caption": None, "response_json": None,
+        "prompt_tokens": None, "completion_tokens": None, "total_tokens": None,
+        "usage_source": None, "attempts": result.attempts, "latency_ms": result.latency_ms,
+        "error_class": result.error_class, "error_message": result.error_message,
+        "throttled": result.throttled, "request_share": result.attempts / images,
+    }
+
+
 def caption_row(result: CallResult, spec: PromptSpec, image_tokens: int) -> dict:
     if not result.ok:
-        return {
-            "status": "failed", "caption": None, "response_json": None,
-            "prompt_tokens": None, "completion_tokens": None, "total_tokens": None,
-            "usage_source": None, "attempts": result.attempts, "latency_ms": result.latency_ms,
-            "error_class": result.error_class, "error_message": result.error_message,
-            "throttled": result.throttled,
-        }
+        return failed_row(result)
     answer = result.answer
     usage, source = answer.usage, "endpoint"
     if usage.prompt_tokens is None or usage.completion_tokens is None:
@@ -143,7 +165,68 @@ def caption_row(result: CallResult, spec: PromptSpec, image_tokens: int) -> dict
         else usage.prompt_tokens + usage.completion_tokens,
         "usage_source": source, "attempts": result.attempts, "latency_ms": result.latency_ms,
         "error_class": None, "error_message": None, "throttled": result.throttled,
+        "request_share": float(result.attempts),
     }
+
+
+async def ask(
+    client: CaptionClient, plan: CallPlan, images: list[tuple[str, bytes]], tokens: list[int]
+) -> list[dict]:
+    """CAPTIONED rows for `images`, asked in one request: alone, or packed with an answer per
+    image index. A packed answer that does not map one-to-one is asked again image by image;
+    what the packed request cost is shared over its images either way."""
+    spec = plan.spec
+    structured = spec.response_schema is not None
+    if len(images) == 1:
+        body = encode(chat_body(spec, images, plan.model))
+        result = await client.call(body, caption_parser(spec.caption_field, structured))
+        return [caption_row(result, spec, tokens[0])]
+    count = len(images)
+    body = encode(chat_body(packed_spec(spec, count), images, plan.model))
+    result = await client.call(body, functools.partial(parse_packed, count=count, spec=spec))
+    packed = result.answer
+    if packed is not None and packed.answers is not None:
+        shares = apportion_usage(packed.usage, tokens)
+        return [
+            _packed_row(result, spec, answer, share, token, count)
+            for answer, share, token in zip(packed.answers, shares or [None] * count, tokens,
+                                            strict=True)
+        ]
+    if not result.ok and result.error_class not in FALL_BACK:
+        return [failed_row(result, count) for _ in images]
+    alone = await asyncio.gather(*(ask(client, plan, [image], [t])
+                                   for image, t in zip(images, tokens, strict=True)))
+    paid = apportion_usage(packed.usage, tokens) if packed is not None else None
+    return [
+        _with_packed_attempt(rows[0], result, count, paid[i] if paid else None)
+        for i, rows in enumerate(alone)
+    ]
+
+
+def _packed_row(
+    result: CallResult, spec: PromptSpec, answer, share: Usage | None, token: int, count: int
+) -> dict:
+    """A row answered inside a packed request: its answer, its share of the usage."""
+    single = CallResult(replace(answer, usage=share or Usage(None, None, None)), None, None,
+                        result.attempts, result.latency_ms, result.throttled)
+    row = caption_row(single, spec, token)
+    if share is not None:
+        row["usage_source"] = "apportioned"
+    row["request_share"] = result.attempts / count
+    return row
+
+
+def _with_packed_attempt(row: dict, packed: CallResult, count: int, paid: Usage | None) -> dict:
+    """A row asked alone after its packed request did not map: it also took part in that
+    request, and carries its share of what that request cost."""
+    row = {**row, "attempts": row["attempts"] + packed.attempts,
+           "request_share": row["request_share"] + packed.attempts / count,
+           "throttled": row["throttled"] + packed.throttled}
+    if paid is not None:
+        for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
+            row[key] = (row[key] or 0) + getattr(paid, key)
+        row["usage_source"] = "apportioned"
+    return row
 
 
 class _LoopThread:
@@ -166,7 +249,16 @@ class _LoopThread:
 
 def caption_udf(plan: CallPlan):
     spec = plan.spec
-    structured = spec.response_schema is not None
+    room, per_image = (
+        request_room(packed_spec(spec, plan.images_per_request), plan.max_request_bytes,
+                     plan.model)
+        if plan.images_per_request > 1 else (0, 0)
+    )
+
+    def packs(images: pd.Series) -> list[list[int]]:
+        if plan.images_per_request == 1:
+            return [[i] for i in range(len(images))]
+        return split([len(image) for image in images], plan.images_per_request, room, per_image)
 
     @pandas_udf(CAPTIONED)
     def caption_images(
@@ -177,34 +269,30 @@ def caption_udf(plan: CallPlan):
         with _LoopThread() as runner:
             client = CaptionClient(settings)
             runner.submit(client.__aenter__()).result()
-            pending: deque[tuple[list[Future], pd.Series]] = deque()
+            pending: deque[list[Future]] = deque()
 
-            def finished(futures: list[Future], tokens: pd.Series) -> pd.DataFrame:
-                pairs = zip(futures, tokens, strict=True)
-                rows = [caption_row(f.result(), spec, int(t)) for f, t in pairs]
+            def finished(futures: list[Future]) -> pd.DataFrame:
+                rows = [row for f in futures for row in f.result()]
                 return pd.DataFrame(rows, columns=CAPTIONED.names)
 
             try:
                 for images, mimes, tokens in batches:
-                    futures = [
-                        runner.submit(
-                            client.call(
-                                encode(chat_body(spec, [(mime, bytes(image))], plan.model)),
-                                spec.caption_field,
-                                structured,
-                            )
-                        )
-                        for image, mime in zip(images, mimes, strict=True)
-                    ]
-                    pending.append((futures, tokens))
+                    pending.append([
+                        runner.submit(ask(
+                            client, plan,
+                            [(mimes.iat[i], bytes(images.iat[i])) for i in pack],
+                            [int(tokens.iat[i]) for i in pack],
+                        ))
+                        for pack in packs(images)
+                    ])
                     # Keep one batch of read-ahead in flight so the semaphore stays full
                     # across batch boundaries; answer batches in their input order.
                     while len(pending) > 1:
-                        yield finished(*pending.popleft())
+                        yield finished(pending.popleft())
                 while pending:
-                    yield finished(*pending.popleft())
+                    yield finished(pending.popleft())
             finally:
-                for futures, _ in pending:
+                for futures in pending:
                     for f in futures:
                         f.cancel()
                 runner.submit(client.__aexit__(None, None, None)).result(timeout=10)

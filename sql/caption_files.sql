@@ -156,7 +156,10 @@ USING (
     CAST(NULL AS INT) AS latency_ms,
     :run_id AS run_id,
     current_timestamp() AS processed_at,
-    CASE WHEN status <> 'invalid' AND path <> answer_path THEN answer_path END AS reused_from
+    CASE WHEN status <> 'invalid' AND path <> answer_path THEN answer_path END AS reused_from,
+    CAST(CASE WHEN status <> 'invalid' AND path = answer_path THEN 1 ELSE 0 END AS DOUBLE)
+      AS request_share,
+    CAST(NULL AS STRING) AS group_key
   FROM outcomes
 ) AS s
 ON t.path = s.path AND t.endpoint = s.endpoint AND t.prompt_id = s.prompt_id

@@ -73,7 +73,9 @@ CREATE TABLE IF NOT EXISTS IDENTIFIER(:table) (
   latency_ms INT COMMENT 'of the successful (or last) attempt',
   run_id STRING COMMENT 'the run that wrote this row',
   processed_at TIMESTAMP,
-  reused_from STRING COMMENT 'path whose answer (same bytes) this row took without a request'
+  reused_from STRING COMMENT 'path whose answer (same bytes) this row took without a request',
+  request_share DOUBLE COMMENT 'requests this row accounts for: each counts 1, shared equally by the images sent in it',
+  group_key STRING COMMENT 'the group this file belongs to (--group-by); its answer is in <table>_groups'
 ) USING DELTA
 TBLPROPERTIES (
   'delta.enableDeletionVectors' = 'false',
@@ -273,7 +275,10 @@ USING (
     CAST(NULL AS INT) AS latency_ms,
     :run_id AS run_id,
     current_timestamp() AS processed_at,
-    CASE WHEN status <> 'invalid' AND path <> answer_path THEN answer_path END AS reused_from
+    CASE WHEN status <> 'invalid' AND path <> answer_path THEN answer_path END AS reused_from,
+    CAST(CASE WHEN status <> 'invalid' AND path = answer_path THEN 1 ELSE 0 END AS DOUBLE)
+      AS request_share,
+    CAST(NULL AS STRING) AS group_key
   FROM outcomes
 ) AS s
 ON t.path = s.path AND t.endpoint = s.endpoint AND t.prompt_id = s.prompt_id
@@ -289,13 +294,16 @@ WHEN NOT MATCHED THEN INSERT *
 -- One run's totals from the rows it wrote: one row per (status, error_class), then a grand
 -- total row (is_total = 1) carrying the latency percentiles of the rows that made requests.
 -- Cost counts rows with attempts > 0 only: a reused answer repeats its usage but paid nothing.
+-- A request carrying several images (packed or grouped) is shared by them: request_share
+-- sums to the requests sent (rows from before that column count their attempts).
 SELECT
   grouping(status) AS is_total,
   status,
   error_class,
   count(*) AS files,
-  coalesce(sum(attempts), 0) AS requests,
-  coalesce(sum(CASE WHEN attempts > 0 THEN attempts - 1 END), 0) AS retries,
+  coalesce(round(sum(coalesce(request_share, attempts))), 0) AS requests,
+  coalesce(round(sum(CASE WHEN attempts > 0
+    THEN coalesce(request_share, attempts) * (attempts - 1) / attempts END)), 0) AS retries,
   coalesce(sum(CASE WHEN attempts > 0 THEN prompt_tokens END), 0) AS prompt_tokens,
   coalesce(sum(CASE WHEN attempts > 0 THEN completion_tokens END), 0) AS completion_tokens,
   coalesce(sum(CASE WHEN attempts > 0 THEN total_tokens END), 0) AS total_tokens,

@@ -30,7 +30,9 @@ CREATE TABLE IF NOT EXISTS IDENTIFIER(:table) (
   latency_ms INT COMMENT 'of the successful (or last) attempt',
   run_id STRING COMMENT 'the run that wrote this row',
   processed_at TIMESTAMP,
-  reused_from STRING COMMENT 'path whose answer (same bytes) this row took without a request'
+  reused_from STRING COMMENT 'path whose answer (same bytes) this row took without a request',
+  request_share DOUBLE COMMENT 'requests this row accounts for: each counts 1, shared equally by the images sent in it',
+  group_key STRING COMMENT 'the group this file belongs to (--group-by); its answer is in <table>_groups'
 ) USING DELTA
 TBLPROPERTIES (
   'delta.enableDeletionVectors' = 'false',

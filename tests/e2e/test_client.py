@@ -10,7 +10,7 @@ import pytest
 from pipeline.auth import static
 from pipeline.client import CallResult, CaptionClient, ClientSettings, EndpointError, preflight
 from pipeline.local_endpoint import Faults
-from pipeline.payloads import PromptSpec, chat_body, encode
+from pipeline.payloads import PromptSpec, caption_parser, chat_body, encode
 from tests import files
 
 SPEC = PromptSpec("Describe.", max_tokens=50)
@@ -30,7 +30,8 @@ def call_all(url: str, creds, payloads: list[bytes], **settings) -> list[CallRes
     async def go() -> list[CallResult]:
         config = ClientSettings(f"{url}/serving-endpoints/ep/invocations", creds, **options)
         async with CaptionClient(config) as client:
-            return await asyncio.gather(*(client.call(b, "caption", False) for b in payloads))
+            parse = caption_parser("caption", False)
+            return await asyncio.gather(*(client.call(b, parse) for b in payloads))
 
     return asyncio.run(go())
 
