@@ -25,7 +25,7 @@ from pipeline import sink, source
 from pipeline.auth import Credentials
 from pipeline.client import ClientSettings
 from pipeline.config import ConfigError, RunConfig
-from pipeline.images import check_length
+from pipeline.images import Rejected, check_length
 from pipeline.limits import Catalog, ModelFamily, load_catalog
 from pipeline.payloads import PromptSpec, image_byte_budget
 from pipeline.resources import sql_text
@@ -166,6 +166,10 @@ def run(
             from pipeline import sql_path
 
             sql_path.caption(spark, ctx, result, progress)
+        elif config.group_by is not None:
+            from pipeline import group_run
+
+            group_run.caption(spark, ctx, result, progress)
         else:
             _run_batches(spark, ctx, result, progress)
         _summarize(spark, ctx, result)
@@ -250,15 +254,22 @@ def _process_batch(spark: SparkSession, ctx: RunContext, rows: list, held: Held)
     prepared = prepare_batch(spark, ctx, rows, held)
     answers = _answers(spark, ctx, prepared)
     # Fixed, so the MERGE and the counts after it see the same rows.
-    return _rows(ctx, prepared, answers).localCheckpoint(eager=True)
+    return rows_of(ctx, prepared, answers).localCheckpoint(eager=True)
 
 
-def prepare_batch(spark: SparkSession, ctx: RunContext, rows: list, held: Held) -> DataFrame:
-    """Prepared (or refused) images of one batch, computed once."""
+def prepare_batch(
+    spark: SparkSession,
+    ctx: RunContext,
+    rows: list,
+    held: Held,
+    refused: dict[str, Rejected] | None = None,
+) -> DataFrame:
+    """Prepared (or refused) images of one batch, computed once. `refused` holds files already
+    judged invalid by path; like files refused by length, their bytes are never read."""
     bounds = ctx.catalog.input
     gated, readable = [], []
     for r in rows:
-        rejected = check_length(r["length"], bounds)
+        rejected = (refused or {}).get(r["path"]) or check_length(r["length"], bounds)
         if rejected:
             gated.append((r["path"], r["length"], r["modificationTime"], rejected))
         else:
@@ -338,10 +349,14 @@ def _answers(spark: SparkSession, ctx: RunContext, prepared: DataFrame) -> DataF
     return called.unionByName(known).localCheckpoint(eager=True)
 
 
-def _rows(ctx: RunContext, prepared: DataFrame, answers: DataFrame) -> DataFrame:
-    """The captions-table rows of one batch, one per file."""
+def rows_of(
+    ctx: RunContext, prepared: DataFrame, answers: DataFrame, by_path: bool = False
+) -> DataFrame:
+    """The captions-table rows of one batch, one per file. Answers are found by content (one
+    answer per distinct image) or, `by_path`, each file's own (members of groups)."""
     p, a = prepared.alias("p"), answers.alias("a")
-    joined = p.join(a, F.col("p.content_sha256") == F.col("a.content_sha256"), "left")
+    on = "answer_path" if by_path else "content_sha256"
+    joined = p.join(a, F.col(f"p.{'path' if by_path else on}") == F.col(f"a.{on}"), "left")
     invalid = F.col("p.error_class").isNotNull()
     own = F.col("a.answer_path") == F.col("p.path")
     reused = (~invalid) & (~own)
@@ -371,6 +386,8 @@ def _rows(ctx: RunContext, prepared: DataFrame, answers: DataFrame) -> DataFrame
         F.lit(ctx.run_id).alias("run_id"),
         F.current_timestamp().alias("processed_at"),
         F.when(reused, F.col("a.answer_path")).alias("reused_from"),
+        (F.col("p.group_key") if "group_key" in prepared.columns else F.lit(None))
+        .cast("string").alias("group_key"),
     )
 
 

@@ -55,6 +55,11 @@ class Tables:
     def display(self) -> str:
         return self.location or self.captions
 
+    @property
+    def groups(self) -> str:
+        """`<table>_groups`: group answers (--group-by); created by `ensure_groups`."""
+        return self.captions + "_groups"
+
 
 def is_path(table: str) -> bool:
     return "/" in table
@@ -79,6 +84,25 @@ def resolve(spark: SparkSession, table: str) -> Tables:
     _with_retries(lambda: _add_missing_columns(spark, tables.captions, "create_captions.sql"))
     _with_retries(lambda: _add_missing_columns(spark, tables.runs, "create_runs.sql"))
     return tables
+
+
+def ensure_groups(spark: SparkSession, tables: Tables) -> None:
+    """Create the groups table next to the captions table, if it is not there yet."""
+    if tables.location is None:
+        _with_retries(lambda: spark.sql(sql_text("create_groups.sql"),
+                                        args={"groups_table": tables.groups}))
+        return
+    location = tables.location.rstrip("/") + "_groups"
+    _with_retries(lambda: spark.sql(sql_text("create_groups.sql"),
+                                    args={"groups_table": _delta_path(location)}))
+    _register(spark, tables.groups, location)
+
+
+def merge_groups(spark: SparkSession, tables: Tables, rows: DataFrame) -> None:
+    """MERGE one batch of group answers into the groups table."""
+    columns = spark.table(tables.groups).schema
+    aligned = rows.select(*[rows[f.name].cast(f.dataType).alias(f.name) for f in columns])
+    _merge(spark, "merge_groups.sql", aligned, "groups", groups_table=tables.groups)
 
 
 def find(spark: SparkSession, table: str) -> Tables | None:

@@ -20,6 +20,7 @@ import pandas as pd
 from pyspark import TaskContext
 from pyspark.sql.functions import pandas_udf
 from pyspark.sql.types import (
+    ArrayType,
     BinaryType,
     DoubleType,
     IntegerType,
@@ -72,6 +73,17 @@ CAPTIONED = StructType(
         StructField("error_message", StringType()),
         StructField("throttled", IntegerType()),
         StructField("request_share", DoubleType()),
+    ]
+)
+
+# One request of a group (`--group-by`): which images it carried, and its answer.
+GROUP_PART = StructType(
+    [
+        StructField("group_key", StringType()),
+        StructField("part", IntegerType()),
+        StructField("paths", ArrayType(StringType())),
+        StructField("tokens", ArrayType(IntegerType())),
+        *CAPTIONED.fields,
     ]
 )
 
@@ -170,17 +182,22 @@ def caption_row(result: CallResult, spec: PromptSpec, image_tokens: int) -> dict
 
 
 async def ask(
-    client: CaptionClient, plan: CallPlan, images: list[tuple[str, bytes]], tokens: list[int]
+    client: CaptionClient,
+    plan: CallPlan,
+    images: list[tuple[str, bytes]],
+    tokens: list[int],
+    alone: bool = False,
 ) -> list[dict]:
-    """CAPTIONED rows for `images`, asked in one request: alone, or packed with an answer per
-    image index. A packed answer that does not map one-to-one is asked again image by image;
-    what the packed request cost is shared over its images either way."""
+    """CAPTIONED rows for `images`, asked in one request: with one answer for them all (one
+    image, or `alone` for a group's images and prompt), or packed with an answer per image
+    index. A packed answer that does not map one-to-one is asked again image by image; what
+    the packed request cost is shared over its images either way."""
     spec = plan.spec
     structured = spec.response_schema is not None
-    if len(images) == 1:
+    if len(images) == 1 or alone:
         body = encode(chat_body(spec, images, plan.model))
         result = await client.call(body, caption_parser(spec.caption_field, structured))
-        return [caption_row(result, spec, tokens[0])]
+        return [caption_row(result, spec, sum(tokens))]
     count = len(images)
     body = encode(chat_body(packed_spec(spec, count), images, plan.model))
     result = await client.call(body, functools.partial(parse_packed, count=count, spec=spec))
@@ -298,3 +315,65 @@ def caption_udf(plan: CallPlan):
                 runner.submit(client.__aexit__(None, None, None)).result(timeout=10)
 
     return caption_images.asNondeterministic()
+
+
+async def ask_group(
+    client: CaptionClient, plan: CallPlan, key: str, members: list[tuple], limits: tuple
+) -> list[dict]:
+    """GROUP_PART rows for one group's members (path, mime, image, tokens), in path order:
+    one request with the group prompt, or several when the model's limits say so."""
+    max_images, room, per_image = limits
+    parts = split([len(m[2]) for m in members], max_images, room, per_image)
+
+    async def one(number: int, indexes: list[int]) -> dict:
+        chosen = [members[i] for i in indexes]
+        tokens = [int(m[3]) for m in chosen]
+        row = (await ask(client, plan, [(m[1], bytes(m[2])) for m in chosen], [sum(tokens)],
+                         alone=True))[0]
+        return {**row, "group_key": key, "part": number, "paths": [m[0] for m in chosen],
+                "tokens": tokens}
+
+    return list(await asyncio.gather(*(one(n, ix) for n, ix in enumerate(parts, 1))))
+
+
+def group_udf(plan: CallPlan, max_images: int):
+    """A mapInPandas function over members sorted by (group_key, path) within each partition:
+    each group is asked as soon as its last member is read, all groups of the task at once
+    within the task's share of the budget."""
+    room, per_image = request_room(plan.spec, plan.max_request_bytes, plan.model)
+    limits = (max_images, room, per_image)
+
+    def ask_groups(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        context = TaskContext.get()
+        settings = plan.for_partition(context.partitionId() if context else 0)
+        with _LoopThread() as runner:
+            client = CaptionClient(settings)
+            runner.submit(client.__aenter__()).result()
+            pending: deque[Future] = deque()
+            key, members = None, []
+
+            def submit() -> None:
+                pending.append(runner.submit(ask_group(client, plan, key, members, limits)))
+
+            try:
+                for frame in frames:
+                    for row in frame.itertuples(index=False):
+                        if members and row.group_key != key:
+                            submit()
+                            members = []
+                        key = row.group_key
+                        members.append((row.path, row.mime, row.image,
+                                        row.estimated_image_tokens))
+                    # Bound what is held: answer the oldest groups once enough are in flight.
+                    while len(pending) > 2 * settings.concurrency:
+                        yield pd.DataFrame(pending.popleft().result(), columns=GROUP_PART.names)
+                if members:
+                    submit()
+                while pending:
+                    yield pd.DataFrame(pending.popleft().result(), columns=GROUP_PART.names)
+            finally:
+                for future in pending:
+                    future.cancel()
+                runner.submit(client.__aexit__(None, None, None)).result(timeout=10)
+
+    return ask_groups

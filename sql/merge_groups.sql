@@ -1,0 +1,10 @@
+-- Merge one batch of group answers (the view :groups) into the groups table, keyed by
+-- (group_key, endpoint, prompt_id). As for files: an answer already paid for ('ok' for the
+-- same members) is never replaced by a worse outcome.
+MERGE INTO IDENTIFIER(:groups_table) AS t
+USING IDENTIFIER(:groups) AS s
+ON t.group_key = s.group_key AND t.endpoint = s.endpoint AND t.prompt_id = s.prompt_id
+WHEN MATCHED AND NOT (
+  t.status = 'ok' AND s.status <> 'ok' AND t.fingerprint <=> s.fingerprint
+) THEN UPDATE SET *
+WHEN NOT MATCHED THEN INSERT *
