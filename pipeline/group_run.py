@@ -19,22 +19,31 @@ from pyspark.sql.types import StringType, StructField, StructType
 
 from pipeline import groups, sink, source
 from pipeline.images import Rejected
-from pipeline.run import DONE_STATUSES, Held, RunContext, RunResult, prepare_batch, rows_of
+from pipeline.progress import STATUSES, Update, update
+from pipeline.run import (
+    DONE_STATUSES,
+    Held,
+    RunContext,
+    RunResult,
+    count_outcomes,
+    prepare_batch,
+    rows_of,
+)
 from pipeline.udfs import CAPTIONED, GROUP_PART, CallPlan, group_udf
 
 MEMBER_ANSWER = StructType([StructField("answer_path", StringType()), *CAPTIONED.fields])
 
 
 def caption(
-    spark: SparkSession, ctx: RunContext, result: RunResult, progress: Callable[[str], None]
+    spark: SparkSession, ctx: RunContext, result: RunResult, progress: Callable[[Update], None]
 ) -> None:
     sink.ensure_groups(spark, ctx.tables)
     todo, batches, group_count = _plan(spark, ctx, result)
-    progress(
-        f"{result.listed} files listed, {result.skipped} already done, {group_count} group(s) "
-        f"to ask in {batches} batch(es) (--group-by {ctx.config.group_by})"
-    )
+    pending = result.listed - result.skipped
+    progress(update("planned", result, pending, batches,
+                    detail=f", {group_count} group(s) by {ctx.config.group_by!r}"))
     began = time.perf_counter()
+    done, groups_done = 0, Counter()
     for number in range(batches):
         rows = todo.filter(F.col("batch") == number).collect()  # metadata only
         held = Held()
@@ -42,17 +51,14 @@ def caption(
             members, answered = _process(spark, ctx, rows, held)
             sink.merge_batch(spark, ctx.tables, members)
             sink.merge_groups(spark, ctx.tables, answered)
-            counts = Counter(r["status"] for r in members.select("status").collect())
-            asked = Counter(r["status"] for r in answered.select("status").collect())
+            count_outcomes(members, result)
+            groups_done.update(r["status"] for r in answered.select("status").collect())
         finally:
             held.release()
-        result.statuses.update(counts)
+        done += len(rows)
         result.seconds = time.perf_counter() - began
-        progress(
-            f"batch {number + 1}/{batches}: {sum(asked.values())} groups ("
-            + ", ".join(f"{asked[s]} {s}" for s in ("ok", "invalid", "failed"))
-            + f"), {len(rows)} files; {result.images_per_s:.1f} images/s so far"
-        )
+        detail = "; groups " + ", ".join(f"{groups_done[s]} {s}" for s in STATUSES)
+        progress(update("batch", result, pending, batches, number + 1, detail, done))
 
 
 def _plan(

@@ -28,6 +28,7 @@ from pipeline.config import ConfigError, RunConfig
 from pipeline.images import Rejected, check_length
 from pipeline.limits import Catalog, ModelFamily, load_catalog
 from pipeline.payloads import PromptSpec, image_byte_budget
+from pipeline.progress import Update, terminal, update
 from pipeline.resources import sql_text
 from pipeline.spark import get_spark
 from pipeline.udfs import CAPTIONED, PREPARED, CallPlan, caption_udf, outcome_row, prepare_udf
@@ -154,7 +155,7 @@ def run(
     config: RunConfig,
     credentials: Credentials,
     spark: SparkSession | None = None,
-    progress: Callable[[str], None] = print,
+    progress: Callable[[Update | str], None] = terminal,
 ) -> RunResult:
     spark = spark or get_spark()
     ctx = context(config, spark, credentials, sink.resolve(spark, config.table))
@@ -186,31 +187,32 @@ def run(
 
 
 def _run_batches(
-    spark: SparkSession, ctx: RunContext, result: RunResult, progress: Callable[[str], None]
+    spark: SparkSession, ctx: RunContext, result: RunResult, progress: Callable[[Update], None]
 ) -> None:
     todo, pending, batches = plan_batches(spark, ctx, result)
-    progress(
-        f"{result.listed} files listed, {result.skipped} already done, "
-        f"{pending} to process in {batches} batch(es)"
-    )
+    progress(update("planned", result, pending, batches))
     began = time.perf_counter()
+    done = 0
     for number in range(batches):
         rows = todo.filter(F.col("batch") == number).collect()  # metadata only
         held = Held()
         try:
             batch = _process_batch(spark, ctx, rows, held)
             sink.merge_batch(spark, ctx.tables, batch)
-            counts = Counter({r["status"]: r["count"] for r in batch.groupBy("status").count()
-                              .collect()})
+            count_outcomes(batch, result)
         finally:
             held.release()
-        result.statuses.update(counts)
+        done += len(rows)
         result.seconds = time.perf_counter() - began
-        progress(
-            f"batch {number + 1}/{batches}: {len(rows)} files, "
-            + ", ".join(f"{counts[s]} {s}" for s in ("ok", "invalid", "failed"))
-            + f"; {result.images_per_s:.1f} images/s so far"
-        )
+        progress(update("batch", result, pending, batches, number + 1, files_done=done))
+
+
+def count_outcomes(batch: DataFrame, result: RunResult) -> None:
+    """Add a merged batch's statuses and error classes to the run's running totals."""
+    for r in batch.groupBy("status", "error_class").count().collect():
+        result.statuses[r["status"]] += r["count"]
+        if r["error_class"]:
+            result.error_classes[r["error_class"]] += r["count"]
 
 
 def plan_batches(

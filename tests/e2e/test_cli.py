@@ -26,6 +26,9 @@ def test_no_arguments_captions_the_sample_photos_with_the_embedded_endpoint(spar
     assert done.returncode == 0, done.stderr
     assert "local reference model" in done.stdout
     assert "12 listed, 0 already done, 12 ok, 0 invalid, 0 failed" in done.stdout
+    # Progress as it goes: the plan, then each batch with its counts and speed so far.
+    assert "12 files listed, 0 already done, 12 to process in 1 batch(es)" in done.stdout
+    assert "batch 1/1: 12/12 files, 12 ok, 0 invalid, 0 failed; " in done.stdout
     assert "images/s" in done.stdout
     rows = read_table(spark, tmp_path / "output" / "captions")
     assert len(rows) == 12

@@ -1,0 +1,76 @@
+"""What a run says while it works: a line per batch in a terminal, and the same facts as one
+JSON object per line in a Databricks job's driver log, where log tools can parse them."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+
+from pipeline.spark import on_databricks
+
+STATUSES = ("ok", "invalid", "failed")
+
+
+@dataclass(frozen=True)
+class Update:
+    """One progress report: `planned` once the input is listed, `batch` after each MERGE."""
+
+    event: str
+    run_id: str
+    listed: int
+    skipped: int
+    pending: int  # files this run will process
+    batches: int
+    batch: int = 0  # batches done so far
+    files_done: int = 0
+    statuses: Mapping[str, int] = field(default_factory=dict)  # so far, this run
+    errors: Mapping[str, int] = field(default_factory=dict)  # error classes so far
+    images_per_s: float = 0.0
+    elapsed_s: float = 0.0
+    detail: str = ""  # e.g. how groups were formed
+
+    def line(self) -> str:
+        if self.event == "planned":
+            return (f"{self.listed} files listed, {self.skipped} already done, {self.pending} "
+                    f"to process in {self.batches} batch(es){self.detail}")
+        counts = ", ".join(f"{self.statuses.get(s, 0)} {s}" for s in STATUSES)
+        errors = ", ".join(f"{k} {v}" for k, v in sorted(self.errors.items()))
+        return (f"batch {self.batch}/{self.batches}: {self.files_done}/{self.pending} files, "
+                f"{counts}" + (f" ({errors})" if errors else "")
+                + f"; {self.images_per_s:.1f} images/s{self.detail}")
+
+    __str__ = line
+
+    def record(self) -> dict:
+        return {**asdict(self), "event": f"vision_batch.{self.event}",
+                "statuses": dict(self.statuses), "errors": dict(self.errors)}
+
+
+def update(event: str, result, pending: int, batches: int, batch: int = 0, detail: str = "",
+           files_done: int = 0) -> Update:
+    """An Update from a run's running totals (a pipeline.run.RunResult)."""
+    return Update(
+        event=event, run_id=result.run_id, listed=result.listed, skipped=result.skipped,
+        pending=pending, batches=batches, batch=batch, files_done=files_done,
+        statuses={s: result.statuses[s] for s in STATUSES},
+        errors=dict(result.error_classes), images_per_s=round(result.images_per_s, 2),
+        elapsed_s=round(result.seconds, 2), detail=detail,
+    )
+
+
+def terminal(report: Update | str) -> None:
+    print(str(report), flush=True)
+
+
+def structured(report: Update | str) -> None:
+    record = report.record() if isinstance(report, Update) else {
+        "event": "vision_batch.message", "message": str(report)}
+    sys.stdout.write(json.dumps(record, sort_keys=True) + "\n")
+    sys.stdout.flush()
+
+
+def reporter() -> Callable[[Update | str], None]:
+    """Structured lines on Databricks (job and notebook logs), readable lines elsewhere."""
+    return structured if on_databricks() else terminal
