@@ -15,7 +15,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from pipeline import sink
-from pipeline.config import RunConfig
+from pipeline.config import ConfigError, RunConfig
 from pipeline.run import Held, RunResult, context, plan_batches, prepare_batch
 from pipeline.spark import get_spark
 
@@ -33,6 +33,7 @@ class Estimate:
     text_tokens_per_request: int = 0
     max_completion_tokens: int = 0
     error_classes: Counter = field(default_factory=Counter)
+    packed: int = 1  # images per request
 
     @property
     def invalid(self) -> int:
@@ -44,6 +45,9 @@ class Estimate:
 
 
 def estimate(config: RunConfig, spark: SparkSession | None = None) -> Estimate:
+    if config.group_by is not None:
+        raise ConfigError("estimate plans single images and packs; it does not plan groups "
+                          "yet (run without --group-by for the per-image figures)")
     spark = spark or get_spark()
     ctx = context(config, spark, tables=sink.find(spark, config.table))
     result = Estimate(
@@ -73,6 +77,9 @@ def estimate(config: RunConfig, spark: SparkSession | None = None) -> Estimate:
                 F.col("error_class").isNotNull()).groupBy("error_class").count().collect()}
         )
         held.release()
+    if config.images_per_request > 1:  # packs of K; the byte limit may cut a few more
+        result.requests = math.ceil(result.requests / config.images_per_request)
+        result.packed = config.images_per_request
     return result
 
 
@@ -81,7 +88,9 @@ def render(e: Estimate) -> str:
         ("endpoint", f"{e.endpoint} (limits: {e.family}, prompt {e.prompt_id})"),
         ("files listed", f"{e.listed:,}"),
         ("already done", f"{e.skipped:,}"),
-        ("would be sent", f"{e.sendable:,} files in {e.requests:,} requests"),
+        ("would be sent", f"{e.sendable:,} files in "
+                          + (f"about {e.requests:,} requests of up to {e.packed} images"
+                             if e.packed > 1 else f"{e.requests:,} requests")),
         ("invalid", f"{e.invalid:,}"),
         *[(f"  {name}", f"{count:,}") for name, count in sorted(e.error_classes.items())],
         ("image tokens", f"{e.image_tokens:,}"),

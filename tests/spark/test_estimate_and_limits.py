@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 
 from pipeline import run as runner
 from pipeline.estimate import estimate, render
@@ -39,6 +40,10 @@ def test_estimate_counts_what_a_run_would_send_and_refuse_without_a_request(
     assert result.family == "claude"
     text = render(result)
     assert "decompression_bomb" in text and f"{len(valid)} requests" in text
+    # Packed five to a request, the same images need a fifth of the requests.
+    packed = estimate(replace(cfg, images_per_request=5), spark)
+    assert packed.requests == -(-len(valid) // 5) and packed.image_tokens == expected_tokens
+    assert "up to 5 images" in render(packed)
     # A dry run creates no table.
     assert not (tmp_path / "tables").exists()
 
