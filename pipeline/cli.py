@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 
-from pipeline import auth, config, local_endpoint
+from pipeline import auth, config, local_endpoint, progress
 from pipeline.auth import AuthError, Credentials
 from pipeline.client import EndpointError, preflight
 from pipeline.config import LOCAL_ENDPOINT, ConfigError, RunConfig
@@ -44,6 +44,13 @@ def _input_flags(p: argparse.ArgumentParser) -> None:
                    help="field of the structured answer stored as the caption")
     p.add_argument("--model-family", dest="model_family",
                    help="limits family from conf/models.yml (default: by endpoint name)")
+    p.add_argument("--images-per-request", type=int, dest="images_per_request",
+                   help="pack K independent images into each request, one answer per image")
+    p.add_argument("--group-by", dest="group_by",
+                   help="'folder', or a regular expression whose first group in the path is "
+                        "the group key: each group's images are asked about together")
+    p.add_argument("--group-prompt", dest="group_prompt",
+                   help="instruction sent with each group's images")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,6 +70,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve_p = commands.add_parser("serve-local", help="serve the local reference model")
     local_endpoint.add_arguments(serve_p)
     serve_p.set_defaults(func=local_endpoint.serve)
+    report_p = commands.add_parser(
+        "report", help="one self-contained HTML page: figures, charts, a gallery of captions"
+    )
+    report_p.add_argument("--table", required=True,
+                          help="captions table: a name, or a path when it contains '/'")
+    report_p.add_argument("--out", required=True, help="the HTML file to write")
+    report_p.add_argument("--run-id", dest="run_id",
+                          help="only the rows this run wrote (default: every row)")
+    report_p.add_argument("--max-thumbnails", type=int, dest="max_thumbnails",
+                          help="gallery cards at most; beyond it a sample (default 1000)")
+    report_p.set_defaults(func=cmd_report)
     return parser
 
 
@@ -125,9 +143,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.run import run
 
     cfg = load_config(args)
+    report = progress.reporter()
     with connected(cfg) as (cfg, credentials):
-        result = run(cfg, credentials)
+        result = run(cfg, credentials, progress=report)
     print(summary(result))
+    if report is progress.structured:  # the totals as one parseable line too
+        report(progress.update("finished", result, result.written, 0))
     return 0
 
 
@@ -138,6 +159,23 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     cfg = replace(cfg, endpoint=cfg.endpoint or LOCAL_ENDPOINT,
                   input=cfg.input or str(samples_dir()))
     print(render(estimate(cfg)))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pipeline.report import MAX_THUMBNAILS, write_report
+    from pipeline.spark import get_spark
+
+    limit = MAX_THUMBNAILS if args.max_thumbnails is None else args.max_thumbnails
+    if limit < 1:
+        raise ConfigError(f"--max-thumbnails must be at least 1, not {limit}")
+    written = write_report(get_spark(), args.table, args.out, run_id=args.run_id,
+                           max_thumbnails=limit)
+    page = written.page
+    shown = (f"{page.shown:,} of {page.rows:,} rows shown, sampled" if page.sampled
+             else f"all {page.rows:,} rows shown")
+    print(f"report written to {written.path.resolve()} ({written.bytes / 1e6:.1f} MB, {shown}, "
+          f"{page.thumbnails:,} thumbnails)")
     return 0
 
 

@@ -95,9 +95,10 @@ class RunConfig:
                 "group_by and images_per_request cannot be used together: a group is already "
                 "sent as one request"
             )
-        if self.mode == "sql":
+        if self.mode == "sql" and self.response_schema:
             raise ConfigError(
-                "group_by runs in mode udf; for SQL use sql/caption_groups.sql"
+                "group_by in mode sql takes no response_schema: sql/caption_groups.sql asks for "
+                "plain text answers; use mode udf for structured group answers"
             )
         if not self.group_prompt.strip():
             raise ConfigError("group_prompt must not be empty")

@@ -14,6 +14,7 @@ import yaml
 from pipeline.resources import conf_dir
 
 TOKEN_KINDS = ("pixels", "tiles", "grid", "fixed")
+PRICE_KEYS = ("input_per_million", "output_per_million", "currency", "source")
 
 
 class LimitsError(ValueError):
@@ -47,6 +48,20 @@ class TokenFormula:
 
 
 @dataclass(frozen=True)
+class Price:
+    """What a family's tokens cost, as the user configured it (never a built-in figure)."""
+
+    input_per_million: float
+    output_per_million: float
+    currency: str
+    source: str
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.input_per_million
+                + completion_tokens * self.output_per_million) / 1_000_000
+
+
+@dataclass(frozen=True)
 class ModelFamily:
     name: str
     match: str | None
@@ -59,6 +74,7 @@ class ModelFamily:
     target_pixels: int | None
     tokens: TokenFormula
     sources: tuple[str, ...]
+    price: Price | None = None  # None: the report says "no price configured"
 
     def image_tokens(self, width: int, height: int) -> int:
         return self.tokens.estimate(width, height)
@@ -129,7 +145,35 @@ def _family(name: str, raw: dict[str, Any]) -> ModelFamily:
         target_pixels=target_pixels,
         tokens=TokenFormula(kind, {k: float(v) for k, v in tokens.items() if k != "kind"}),
         sources=tuple(raw.get("sources") or ()),
+        price=_price(raw.get("price"), where),
     )
+
+
+def _price(raw: Any, where: str) -> Price | None:
+    """The optional `price` of a family; every figure must name where it came from."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise LimitsError(f"{where}.price must be a mapping of {', '.join(PRICE_KEYS)}: {raw!r}")
+    for key in raw:
+        if key not in PRICE_KEYS:
+            raise LimitsError(f"{where}.price.{key} is not a price key ({', '.join(PRICE_KEYS)})")
+    rates = {}
+    for key in PRICE_KEYS[:2]:
+        value = raw.get(key)
+        if value is None:
+            raise LimitsError(f"{where}.price.{key} is missing")
+        # A free model may cost 0; a negative price is a typo.
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+            raise LimitsError(f"{where}.price.{key} must be a number >= 0: {value!r}")
+        rates[key] = float(value)
+    texts = {}
+    for key in PRICE_KEYS[2:]:
+        value = raw.get(key)
+        if not isinstance(value, str) or not value.strip():
+            raise LimitsError(f"{where}.price.{key} must be a non-empty string: {value!r}")
+        texts[key] = value.strip()
+    return Price(**rates, **texts)
 
 
 def parse_catalog(raw: dict[str, Any]) -> Catalog:

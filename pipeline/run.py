@@ -173,7 +173,8 @@ def run(
             group_run.caption(spark, ctx, result, progress)
         else:
             _run_batches(spark, ctx, result, progress)
-        _summarize(spark, ctx, result)
+        if not (config.mode == "sql" and config.group_by is not None):
+            _summarize(spark, ctx, result)  # the SQL group path writes no captions rows
         if config.mode == "sql":  # one statement: what it did not write, it skipped
             result.skipped = result.listed - result.written
         result.status = "succeeded"

@@ -14,7 +14,9 @@ the same names, so the same template text runs in both places:
   that shape but no official page names the fields, so these names are our best reading.
   With failOnError => true it raises on the first failed row instead. `modelParameters`
   fields max_tokens and temperature are sent (NULL ones are left out); `responseFormat` is a
-  JSON string, either a response_format object or a bare JSON schema.
+  JSON string, either a response_format object or a bare JSON schema. `files` is one BINARY
+  (documented) or an ARRAY<BINARY> (sql/caption_groups.sql; not in the documentation we could
+  check): each element becomes one image of the request, in order.
 """
 
 from __future__ import annotations
@@ -72,6 +74,16 @@ def _mime(content: bytes | None) -> str:
         return "application/octet-stream"
 
 
+def _contents(files) -> list[bytes]:
+    """The images of one row's `files`: one BINARY, or an ARRAY<BINARY> (which Arrow hands
+    over as a numpy array of bytes), in order; NULL, and NULL elements, send no image."""
+    if files is None:
+        return []
+    if isinstance(files, (bytes, bytearray, memoryview)):
+        return [bytes(files)]
+    return [bytes(item) for item in files if item is not None]
+
+
 def _response_schema(response_format: str | None) -> dict | None:
     if response_format is None:
         return None
@@ -122,10 +134,7 @@ def ai_query_udf(credentials: Credentials, config: RunConfig):
                 None if pd.isna(params.get("temperature")) else float(params["temperature"]),
                 _response_schema(responseFormat.iloc[i] if responseFormat is not None else None),
             )
-            images = []
-            if files is not None and files.iloc[i] is not None:
-                content = bytes(files.iloc[i])
-                images = [(_mime(content), content)]
+            images = [(_mime(c), c) for c in _contents(None if files is None else files.iloc[i])]
             model = name if model_in_body else None
             rows.append((name, encode(chat_body(spec, images, model))))
         results = asyncio.run(answer_all(rows))

@@ -3,39 +3,44 @@
 The same template text a SQL notebook or SQL task runs; this module only binds its named
 parameters from the run's configuration and, off Databricks, registers the local stand-ins
 for `read_files` and `ai_query` (pipeline/sql_functions.py).
+
+With `--group-by` the template is sql/caption_groups.sql: one answer per group into
+`<table>_groups` and no rows in the captions table, so the run's totals come from the groups
+it wrote (`summarize_groups`): each file of a group counts under its group's status.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 
-from pipeline import source, sql_functions
+from pipeline import sink, source, sql_functions
+from pipeline.config import GROUP_BY_FOLDER
 from pipeline.images import target_size
+from pipeline.packing import request_room
 from pipeline.resources import sql_text
 from pipeline.run import RunContext, RunResult
 from pipeline.spark import on_databricks
 
 TEMPLATE = "caption_files.sql"
+GROUP_TEMPLATE = "caption_groups.sql"
+# `group_by: folder` as a regular expression: everything before the last '/' (the UDF path's
+# parent folder, pipeline/groups.py).
+FOLDER_PATTERN = "^(.*)/[^/]*$"
 
 
-def parameters(ctx: RunContext) -> dict[str, Any]:
-    """Values for every marker of sql/caption_files.sql; bound, never formatted into text."""
+def _common(ctx: RunContext) -> dict[str, Any]:
+    """The markers both templates share."""
     spec, family = ctx.spec, ctx.family
-    response_format = None
-    if spec.response_schema is not None:
-        response_format = json.dumps(
-            {"type": "json_schema",
-             "json_schema": {"name": "answer", "schema": spec.response_schema, "strict": True}}
-        )
     # SQL cannot measure an image: estimate at the family's recommended size (an upper bound).
     recommended = target_size(100_000, 100_000, family)
     return {
-        "table": ctx.tables.captions,
         "input_path": ctx.config.input,
         "endpoint": ctx.endpoint,
         "prompt": spec.prompt,
@@ -43,12 +48,42 @@ def parameters(ctx: RunContext) -> dict[str, Any]:
         "run_id": ctx.run_id,
         "max_tokens": spec.max_tokens,
         "temperature": spec.temperature,
-        "response_format": response_format,
-        "caption_field": spec.caption_field,
         "formats": ",".join(family.formats),
         "max_bytes": ctx.image_budget,
         "max_file_bytes": ctx.catalog.input.max_file_bytes,
         "image_tokens": family.image_tokens(*recommended),
+    }
+
+
+def parameters(ctx: RunContext) -> dict[str, Any]:
+    """Values for every marker of sql/caption_files.sql; bound, never formatted into text."""
+    spec = ctx.spec
+    response_format = None
+    if spec.response_schema is not None:
+        response_format = json.dumps(
+            {"type": "json_schema",
+             "json_schema": {"name": "answer", "schema": spec.response_schema, "strict": True}}
+        )
+    return {
+        "table": ctx.tables.captions,
+        **_common(ctx),
+        "response_format": response_format,
+        "caption_field": spec.caption_field,
+    }
+
+
+def group_parameters(ctx: RunContext) -> dict[str, Any]:
+    """Values for every marker of sql/caption_groups.sql. A --group-by regex is bound as it
+    is: Java's regex dialect runs it, so it should keep to what Python's re reads alike."""
+    rule = ctx.config.group_by
+    return {
+        "groups_table": ctx.tables.groups,
+        **_common(ctx),
+        "group_pattern": FOLDER_PATTERN if rule == GROUP_BY_FOLDER else rule,
+        "max_images": ctx.family.max_images_per_request,
+        **dict(zip(("room_bytes", "per_image_bytes"),
+                   request_room(ctx.spec, ctx.family.max_request_bytes, ctx.model),
+                   strict=True)),
     }
 
 
@@ -60,7 +95,35 @@ def caption(
         raise source.InputError(f"--input {ctx.config.input} holds no files")
     if not on_databricks():
         sql_functions.register(spark, ctx.plan_client.credentials, ctx.config)
-    progress(f"{result.listed} files listed; captioning with ai_query ({TEMPLATE})")
+    grouped = ctx.config.group_by is not None
+    if grouped:
+        sink.ensure_groups(spark, ctx.tables)
+    template, args = (GROUP_TEMPLATE, group_parameters(ctx)) if grouped else (
+        TEMPLATE, parameters(ctx))
+    by = f", --group-by {ctx.config.group_by}" if grouped else ""
+    progress(f"{result.listed} files listed; captioning with ai_query ({template}{by})")
     began = time.perf_counter()
-    spark.sql(sql_text(TEMPLATE), args=parameters(ctx))
+    spark.sql(sql_text(template), args=args)
     result.seconds = time.perf_counter() - began
+    if grouped:
+        summarize_groups(spark, ctx, result)
+
+
+def summarize_groups(spark: SparkSession, ctx: RunContext, result: RunResult) -> None:
+    """Run totals from the groups this run wrote: files counted by their group's status,
+    requests as the parts asked (ai_query does not report retries or latency)."""
+    rows = (
+        spark.table(ctx.tables.groups)
+        .filter(F.col("run_id") == ctx.run_id)
+        .select("status", "error_class", F.size("member_paths").alias("files"), "attempts",
+                "prompt_tokens", "completion_tokens", "total_tokens")
+        .collect()
+    )
+    result.statuses, result.error_classes = Counter(), Counter()
+    for r in rows:
+        result.statuses[r["status"]] += r["files"]
+        if r["error_class"]:
+            result.error_classes[r["error_class"]] += r["files"]
+    result.requests = sum(r["attempts"] or 0 for r in rows)
+    for name in ("prompt_tokens", "completion_tokens", "total_tokens"):
+        setattr(result, name, sum(r[name] or 0 for r in rows))

@@ -1,0 +1,114 @@
+"""The job entry points as a Databricks task runs them: jobs/caption_images.py as a script,
+with the parameters the bundle passes, here against the embedded local endpoint (no host)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests import files
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "jobs" / "caption_images.py"
+ENV = {k: v for k, v in os.environ.items() if not k.startswith("DATABRICKS_")}
+SECRET = "dapi-not-a-real-token-0123456789"
+
+
+def load_job():
+    spec = importlib.util.spec_from_file_location("job_caption_images", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_caption_job_script_captions_a_folder_with_the_embedded_endpoint(request, tmp_path):
+    photos = files.write_photos(tmp_path / "in", 3, "photo {}.jpg", lambda i: (40 + i, 30 + i))
+    table = tmp_path / "tables" / "captions"
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--input", str(photos), "--table", str(table),
+         # As the bundle passes optional settings left unset: flags with empty values.
+         "--max-rpm=", "--host=", "--secret-scope=", "--secret-key=", "--max-concurrency=4"],
+        cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "local reference model" in done.stdout
+    assert "3 listed, 0 already done, 3 ok, 0 invalid, 0 failed" in done.stdout
+    # The shared session only now: run alone, the script's Spark need not share two cores.
+    spark = request.getfixturevalue("spark")
+    rows = spark.read.format("delta").load(str(table)).collect()
+    assert sorted(Path(r["path"]).name for r in rows) == [f"photo {i}.jpg" for i in range(3)]
+    assert all(r["status"] == "ok" and r["caption"] for r in rows)
+    assert (tmp_path / "tables" / "captions_runs" / "_delta_log").is_dir()
+
+
+# The rest needs neither Spark nor a subprocess: the job-only arguments, up to the CLI call.
+
+
+@pytest.fixture
+def job(monkeypatch):
+    """The job module with `vision-batch run` replaced by a recorder of what it would get."""
+    for name in ("DATABRICKS_TOKEN", "DATABRICKS_HOST"):
+        monkeypatch.delenv(name, raising=False)
+    module = load_job()
+    calls: list[tuple[list[str], str | None, str | None]] = []
+
+    def record(argv):
+        calls.append((argv, os.environ.get("DATABRICKS_TOKEN"), os.environ.get("DATABRICKS_HOST")))
+        return 0
+
+    monkeypatch.setattr(module, "cli_main", record)
+    module.calls = calls
+    return module
+
+
+def test_flags_with_empty_values_are_dropped(job) -> None:
+    assert job.drop_unset(
+        ["--max-rpm=", "--host", "", "--input=/v/in", "--prompt", "a b", "--table", "t"]
+    ) == ["--input=/v/in", "--prompt", "a b", "--table", "t"]
+
+
+def test_without_secret_flags_the_run_gets_its_arguments_and_the_environment_as_is(job) -> None:
+    assert job.main(["--input=/v/in", "--secret-scope=", "--secret-key=", "--max-rpm="]) == 0
+    assert job.calls == [(["run", "--input=/v/in"], None, None)]
+
+
+def test_a_secret_becomes_the_sdk_token_for_the_workspace_it_came_from(job, capsys) -> None:
+    def read(scope, key):
+        assert (scope, key) == ("vision", "endpoint-token")
+        return SECRET, "https://example.cloud.databricks.com"
+
+    code = job.main(["--secret-scope", "vision", "--secret-key=endpoint-token", "--input=/v"],
+                    read=read)
+    assert code == 0
+    assert job.calls == [
+        (["run", "--input=/v"], SECRET, "https://example.cloud.databricks.com")
+    ]
+    out = capsys.readouterr()
+    assert SECRET not in out.out + out.err
+
+
+def test_a_host_already_configured_wins_over_the_secrets_workspace(job, monkeypatch) -> None:
+    monkeypatch.setenv("DATABRICKS_HOST", "https://other.cloud.databricks.com")
+    job.main(["--secret-scope=s", "--secret-key=k"], read=lambda s, k: (SECRET, "https://here"))
+    assert job.calls[0][2] == "https://other.cloud.databricks.com"
+
+
+def test_secret_errors_are_one_line_naming_scope_and_key(job, capsys) -> None:
+    def unreadable(scope, key):
+        raise PermissionError("no READ permission")
+
+    assert job.main(["--secret-scope=s", "--secret-key=k"], read=unreadable) == 1
+    assert job.main(["--secret-scope=s", "--secret-key=k"], read=lambda s, k: ("", None)) == 1
+    assert job.main(["--secret-scope=s"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        "vision-batch: error: cannot read secret s/k: PermissionError",
+        "vision-batch: error: secret s/k is empty",
+        "vision-batch: error: --secret-scope and --secret-key go together",
+    ]
+    assert job.calls == [] and "DATABRICKS_TOKEN" not in os.environ

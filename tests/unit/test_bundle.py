@@ -1,0 +1,402 @@
+"""The Databricks bundle (databricks.yml and its includes), read with PyYAML and checked
+against what it points at: the files, the CLI's flags, the SQL templates' markers, the model
+limits and pyproject.toml. The Databricks CLI itself cannot be installed offline."""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib.util
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from pipeline import cli, config, notebook
+from pipeline.images import target_size
+from pipeline.limits import load_catalog
+from pipeline.payloads import image_byte_budget
+
+REPO = Path(__file__).resolve().parents[2]
+VAR_REF = re.compile(r"\$\{var\.([A-Za-z0-9_]+)\}")
+TARGETS = ("dev", "prod")
+PYTHON_JOB = "caption_images"
+ARRIVAL_JOB = "caption_images_on_arrival"
+SQL_JOB = "caption_sql"
+# What ${...} other than variables resolve to, for checks that need a concrete string.
+CONTEXT = {"workspace.current_user.short_name": "some_developer"}
+
+
+@dataclass(frozen=True)
+class Doc:
+    path: Path
+    data: dict[str, Any]
+
+
+@cache
+def docs() -> tuple[Doc, ...]:
+    """databricks.yml, then every file its `include` globs name, as the CLI loads them."""
+    root = REPO / "databricks.yml"
+    main = yaml.safe_load(root.read_text(encoding="utf-8"))
+    found = [Doc(root, main)]
+    for pattern in main.get("include", []):
+        paths = sorted(REPO.glob(pattern))
+        assert paths, f"include {pattern!r} matches no file"
+        found += [Doc(p, yaml.safe_load(p.read_text(encoding="utf-8"))) for p in paths]
+    return tuple(found)
+
+
+def root() -> dict[str, Any]:
+    return docs()[0].data
+
+
+def jobs() -> dict[str, tuple[Doc, dict[str, Any]]]:
+    """Job key -> (the file that defines it, the job)."""
+    found: dict[str, tuple[Doc, dict[str, Any]]] = {}
+    for doc in docs():
+        for key, job in doc.data.get("resources", {}).get("jobs", {}).items():
+            assert key not in found, f"job {key} defined twice"
+            found[key] = (doc, job)
+    return found
+
+
+def task(job_key: str, task_key: str) -> dict[str, Any]:
+    _, job = jobs()[job_key]
+    return next(t for t in job["tasks"] if t["task_key"] == task_key)
+
+
+def strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from strings(k)
+            yield from strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from strings(v)
+
+
+def variables(target: str) -> dict[str, Any]:
+    """Variable values for a target: defaults, then the target's own values."""
+    values = {
+        name: spec.get("default", f"<lookup {spec.get('lookup')}>")
+        for name, spec in root()["variables"].items()
+    }
+    for name, value in (root()["targets"][target].get("variables") or {}).items():
+        values[name] = value.get("default", value) if isinstance(value, dict) else value
+    return values
+
+
+def resolve(value: Any, target: str) -> Any:
+    """${var.X}, ${bundle.*} and the context above substituted, as the CLI would."""
+    values = variables(target)
+    context = {**CONTEXT, "bundle.name": root()["bundle"]["name"], "bundle.target": target}
+
+    def one(text: str) -> Any:
+        whole = VAR_REF.fullmatch(text)
+        if whole:  # a complex variable keeps its type
+            return resolve(values[whole.group(1)], target)
+        text = VAR_REF.sub(lambda m: str(resolve(values[m.group(1)], target)), text)
+        for key, replacement in context.items():
+            text = text.replace("${" + key + "}", replacement)
+        return text
+
+    if isinstance(value, str):
+        return one(value)
+    if isinstance(value, list):
+        return [resolve(v, target) for v in value]
+    if isinstance(value, dict):
+        return {k: resolve(v, target) for k, v in value.items()}
+    return value
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        tomllib = pytest.importorskip("tomli")
+    return tomllib.loads(path.read_text(encoding="utf-8"))
+
+
+def pyproject() -> dict[str, Any]:
+    return read_toml(REPO / "pyproject.toml")
+
+
+def load_script(path: Path):
+    spec = importlib.util.spec_from_file_location(f"job_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# --- variables and targets -------------------------------------------------------------
+
+
+def test_every_variable_used_is_declared_and_every_declared_one_is_used() -> None:
+    declared = root()["variables"]
+    used = {name for doc in docs() for text in strings(doc.data) for name in VAR_REF.findall(text)}
+    assert used - set(declared) == set(), "referenced but not declared"
+    assert set(declared) - used == set(), "declared but never used"
+    for target in TARGETS:
+        overridden = set(root()["targets"][target].get("variables") or {})
+        assert overridden <= set(declared), f"{target} sets undeclared variables"
+    for name, spec in declared.items():
+        assert spec.get("description"), f"variable {name} has no description"
+        assert "default" in spec or "lookup" in spec, f"variable {name} has no value"
+
+
+def test_dev_is_the_default_development_target_and_prod_a_production_one() -> None:
+    targets = root()["targets"]
+    assert set(targets) == set(TARGETS)
+    assert [t for t, spec in targets.items() if spec.get("default")] == ["dev"]
+    assert root()["bundle"].get("databricks_cli_version")
+
+    dev = targets["dev"]
+    assert dev["mode"] == "development"
+    # Development mode pauses every schedule and trigger (presets.trigger_pause_status); it is
+    # written out, and a development target may not set UNPAUSED there.
+    assert dev["presets"]["trigger_pause_status"] == "PAUSED"
+    assert "root_path" not in dev.get("workspace", {}), "dev deploys under the user's home"
+    assert "${workspace.current_user.short_name}" in dev["variables"]["table_name"]
+
+    prod = targets["prod"]
+    assert prod["mode"] == "production"
+    assert prod["presets"]["trigger_pause_status"] == "UNPAUSED"
+    # Production mode wants an explicit root_path in the target, so one copy is deployed.
+    assert prod["workspace"]["root_path"].startswith("/Workspace/Shared/")
+    assert prod["run_as"] == {"service_principal_name": "${var.service_principal}"}
+    assert variables("prod")["schema"] != variables("dev")["schema"]
+
+
+def test_no_job_pins_a_pause_status_so_the_target_decides() -> None:
+    for key, (_, job) in jobs().items():
+        kinds = [k for k in ("schedule", "trigger", "continuous") if k in job]
+        assert len(kinds) <= 1, f"{key}: a job takes one of schedule, trigger, continuous"
+        for kind in kinds:
+            # An explicit UNPAUSED would run a developer's copy on schedule; PAUSED would
+            # never run in prod. Left out, presets.trigger_pause_status applies per target.
+            assert "pause_status" not in job[kind], f"{key}.{kind} pins its pause status"
+
+
+# --- the Python (UDF path) jobs ------------------------------------------------------------
+
+
+def test_the_python_job_runs_on_a_schedule_and_on_file_arrival_in_the_input_volume() -> None:
+    _, job = jobs()[PYTHON_JOB]
+    assert job["schedule"] == {
+        "quartz_cron_expression": "${var.schedule_cron}",
+        "timezone_id": "${var.schedule_timezone}",
+    }
+    # One job runs the work, one at a time; arrivals during a run queue behind it.
+    assert job["max_concurrent_runs"] == 1 and job["queue"] == {"enabled": True}
+
+    _, arrival = jobs()[ARRIVAL_JOB]
+    assert arrival["trigger"]["file_arrival"]["url"] == "${var.input_path}"
+    assert arrival["trigger"]["file_arrival"]["wait_after_last_change_seconds"] >= 60
+    assert [t["run_job_task"] for t in arrival["tasks"]] == [
+        {"job_id": f"${{resources.jobs.{PYTHON_JOB}.id}}"}
+    ]
+    for target in TARGETS:
+        assert resolve("${var.input_path}", target).startswith("/Volumes/")
+
+
+def test_the_report_is_written_outside_the_watched_volume() -> None:
+    for target in TARGETS:
+        watched = resolve("${var.input_path}", target)
+        report = resolve("${var.report_path}", target)
+        assert not report.startswith(watched), f"{target}: the report would trigger a run"
+
+
+def test_caption_task_retries_and_failures_are_reported_through_variables() -> None:
+    caption = task(PYTHON_JOB, "caption")
+    assert caption["max_retries"] >= 1
+    assert caption["min_retry_interval_millis"] > 0
+    assert caption["retry_on_timeout"] is True  # a retry resumes; a timeout is no reason to stop
+    for key in (PYTHON_JOB, SQL_JOB):
+        _, job = jobs()[key]
+        assert job["email_notifications"] == {"on_failure": "${var.failure_emails}"}
+        assert job["webhook_notifications"] == {"on_failure": "${var.failure_webhooks}"}
+        for name in ("failure_emails", "failure_webhooks"):
+            assert root()["variables"][name]["type"] == "complex"
+
+
+def test_the_job_cluster_runs_spark_4() -> None:
+    _, job = jobs()[PYTHON_JOB]
+    (cluster,) = job["job_clusters"]
+    spec = cluster["new_cluster"]
+    assert spec["spark_version"] == "${var.spark_version}"
+    assert spec["node_type_id"] == "${var.node_type_id}"
+    assert root()["variables"]["spark_version"]["default"].startswith("17.")
+    assert all(t["job_cluster_key"] == cluster["job_cluster_key"] for t in job["tasks"])
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_caption_task_parameters_are_flags_the_cli_accepts(target: str) -> None:
+    job_entry = load_script(REPO / "jobs" / "caption_images.py")
+    params = resolve(task(PYTHON_JOB, "caption")["spark_python_task"]["parameters"], target)
+    flags, run_args = job_entry.job_flags().parse_known_args(job_entry.drop_unset(params))
+    args = cli.build_parser().parse_args(["run", *run_args])
+    cfg = config.build({k: getattr(args, k, None) for k in config.FIELDS})
+
+    values = variables(target)
+    assert cfg.input == values["input_path"]
+    assert cfg.table == resolve("${var.catalog}.${var.schema}.${var.table_name}", target)
+    assert cfg.endpoint == values["endpoint"]
+    assert cfg.prompt == values["prompt"]
+    assert cfg.max_concurrency == int(values["max_concurrency"])
+    assert cfg.max_files_per_batch == int(values["max_files_per_batch"])
+    assert cfg.max_rpm == (int(values["max_rpm"]) if values["max_rpm"] else None)
+    assert cfg.host == (values["host"] or None)
+    assert (flags.secret_scope or "", flags.secret_key or "") == (
+        values["secret_scope"], values["secret_key"]
+    )
+
+
+def test_report_task_parameters_are_flags_the_cli_accepts() -> None:
+    params = resolve(task(PYTHON_JOB, "report")["spark_python_task"]["parameters"], "prod")
+    args = cli.build_parser().parse_args(["report", *params])
+    assert args.table == resolve("${var.catalog}.${var.schema}.${var.table_name}", "prod")
+    assert args.out == variables("prod")["report_path"]
+
+
+# --- files, the wheel and its entry point ----------------------------------------------
+
+
+def task_paths() -> Iterator[tuple[str, Path]]:
+    """(what, resolved path) for every file a task points to, relative to its YAML file."""
+    for key, (doc, job) in jobs().items():
+        for t in job["tasks"]:
+            where = f"{key}.{t['task_key']}"
+            for kind, field in (
+                ("spark_python_task", "python_file"),
+                ("notebook_task", "notebook_path"),
+            ):
+                if kind in t:
+                    yield f"{where}.{field}", doc.path.parent / t[kind][field]
+            if "file" in t.get("sql_task", {}):
+                yield f"{where}.file.path", doc.path.parent / t["sql_task"]["file"]["path"]
+            for library in t.get("libraries", []):
+                for kind in ("requirements", "whl"):
+                    if kind in library:
+                        yield f"{where}.libraries.{kind}", doc.path.parent / library[kind]
+
+
+def test_every_file_a_task_points_to_exists() -> None:
+    paths = list(task_paths())
+    assert paths
+    for what, path in paths:
+        if "libraries.whl" in what:
+            continue  # built by the artifact; checked below
+        assert path.is_file(), f"{what}: {path} does not exist"
+
+
+def test_the_wheel_artifact_is_this_project_and_every_task_installs_it() -> None:
+    (artifact,) = root()["artifacts"].values()
+    assert artifact["type"] == "whl"
+    project_dir = (REPO / artifact["path"]).resolve()
+    project = read_toml(project_dir / "pyproject.toml")
+    assert project["project"]["name"] == pyproject()["project"]["name"] == "vision-batch"
+    # dist/ must hold this wheel alone: the tasks install dist/*.whl.
+    assert "--no-deps" in artifact["build"] and "dist" in artifact["build"]
+
+    dist_name = re.sub(r"[-_.]+", "_", project["project"]["name"])
+    wheel = f"{dist_name}-{project['project']['version']}-py3-none-any.whl"
+    wheels = [p for what, p in task_paths() if "libraries.whl" in what]
+    python_tasks = [t for _, job in jobs().values() for t in job["tasks"]
+                    if "spark_python_task" in t]
+    assert len(wheels) == len(python_tasks) > 0, "each Python task installs the wheel"
+    for path in wheels:
+        assert path.parent.resolve() == project_dir / "dist"
+        assert fnmatch.fnmatch(wheel, path.name)
+
+
+def test_python_tasks_call_the_entry_point_the_wheel_declares() -> None:
+    (target,) = [v for k, v in pyproject()["project"]["scripts"].items() if k == "vision-batch"]
+    module_name, function_name = target.split(":")
+    assert (module_name, function_name) == ("pipeline.cli", "main")
+    entry = cli.main
+    for what, path in task_paths():
+        if what.endswith("python_file"):
+            module = load_script(path)
+            assert any(value is entry for value in vars(module).values()), what
+
+
+# --- the SQL job ----------------------------------------------------------------------
+
+
+def sql_tasks() -> list[tuple[Path, dict[str, Any]]]:
+    doc, job = jobs()[SQL_JOB]
+    return [(doc.path.parent / t["sql_task"]["file"]["path"], t) for t in job["tasks"]]
+
+
+def test_sql_tasks_run_template_files_on_the_warehouse() -> None:
+    tasks = sql_tasks()
+    assert [p.name for p, _ in tasks] == [
+        "create_captions.sql", "create_runs.sql", "caption_files.sql", "summarize_run.sql"
+    ]
+    for path, t in tasks:
+        assert t["sql_task"]["warehouse_id"] == "${var.warehouse_id}"
+        assert t["sql_task"]["file"]["source"] == "WORKSPACE"
+        assert path.resolve().parent == REPO / "sql" and path.is_file()
+    assert "lookup" in root()["variables"]["warehouse_id"]
+    deps = {t["task_key"]: [d["task_key"] for d in t.get("depends_on", [])] for _, t in tasks}
+    assert deps["caption"] == ["create_captions_table"] and deps["summarize"] == ["caption"]
+
+
+def test_sql_job_parameters_are_exactly_the_markers_of_its_templates() -> None:
+    _, job = jobs()[SQL_JOB]
+    names = [p["name"] for p in job["parameters"]]
+    assert len(names) == len(set(names))
+    # Job parameters reach every SQL task; each file must find all of its markers there, and
+    # no parameter may be one that no file uses (a renamed marker would leave it behind).
+    used: set[str] = set()
+    for path, t in sql_tasks():
+        markers = notebook.markers(path.read_text(encoding="utf-8"))
+        assert markers <= set(names), f"{path.name} needs {sorted(markers - set(names))}"
+        assert "parameters" not in t["sql_task"], "values come from the job parameters"
+        used |= markers
+    assert set(names) == used
+
+
+def test_sql_run_id_is_the_job_run_and_the_question_matches_the_python_job() -> None:
+    _, job = jobs()[SQL_JOB]
+    defaults = {p["name"]: p["default"] for p in job["parameters"]}
+    assert defaults["run_id"] == "{{job.run_id}}"
+    assert defaults["table"] == "${var.catalog}.${var.schema}.${var.table_name}"
+    assert defaults["runs_table"] == defaults["table"] + "_runs"
+    for name in ("input_path", "endpoint", "prompt", "max_tokens"):
+        assert defaults[name] == "${var." + name + "}"
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_sql_limits_are_what_models_yml_says_for_the_endpoint(target: str) -> None:
+    values = variables(target)
+    spec = config.RunConfig(
+        endpoint=values["endpoint"], prompt=values["prompt"], max_tokens=int(values["max_tokens"])
+    ).prompt_spec()
+    catalog = load_catalog()
+    family = catalog.family(values["endpoint"])
+    expected = {
+        "sql_formats": ",".join(family.formats),
+        "sql_max_bytes": str(
+            image_byte_budget(spec, family.max_request_bytes, family.max_image_bytes)
+        ),
+        "sql_max_file_bytes": str(catalog.input.max_file_bytes),
+        "sql_image_tokens": str(family.image_tokens(*target_size(100_000, 100_000, family))),
+    }
+    assert {k: str(values[k]) for k in expected} == expected
+
+
+def test_sql_defaults_agree_with_the_sql_notebook_widgets() -> None:
+    widgets = {name: default for name, (default, _) in notebook.widget_defaults().items()}
+    values = variables("dev")
+    assert values["endpoint"] == widgets["endpoint"]
+    assert values["prompt"] == widgets["prompt"]
+    assert values["max_tokens"] == widgets["max_tokens"]
+    for name in ("formats", "max_bytes", "max_file_bytes", "image_tokens"):
+        assert values[f"sql_{name}"] == widgets[name]
