@@ -211,12 +211,12 @@ async def ask(
         ]
     if not result.ok and result.error_class not in FALL_BACK:
         return [failed_row(result, count) for _ in images]
-    alone = await asyncio.gather(*(ask(client, plan, [image], [t])
-                                   for image, t in zip(images, tokens, strict=True)))
+    singles = await asyncio.gather(*(ask(client, plan, [image], [t])
+                                     for image, t in zip(images, tokens, strict=True)))
     paid = apportion_usage(packed.usage, tokens) if packed is not None else None
     return [
         _with_packed_attempt(rows[0], result, count, paid[i] if paid else None)
-        for i, rows in enumerate(alone)
+        for i, rows in enumerate(singles)
     ]
 
 

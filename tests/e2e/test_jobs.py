@@ -53,7 +53,10 @@ def test_caption_job_script_captions_a_folder_with_the_embedded_endpoint(request
 def job(monkeypatch):
     """The job module with `vision-batch run` replaced by a recorder of what it would get."""
     for name in ("DATABRICKS_TOKEN", "DATABRICKS_HOST"):
-        monkeypatch.delenv(name, raising=False)
+        # Set, then deleted: monkeypatch records the variable only when it exists, and the
+        # job writes it into os.environ; teardown must take that out for the tests after.
+        monkeypatch.setenv(name, "placeholder")
+        monkeypatch.delenv(name)
     module = load_job()
     calls: list[tuple[list[str], str | None, str | None]] = []
 
