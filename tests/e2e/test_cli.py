@@ -8,13 +8,7 @@ import sys
 from pathlib import Path
 
 ENV = {k: v for k, v in os.environ.items() if not k.startswith("DATABRICKS_")}
-
-
-def vision_batch(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", *args],
-        cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout,
-    )
+JOB = Path(__file__).resolve().parents[2] / "jobs" / "caption_images.py"
 
 
 def read_table(spark, path: Path) -> list[dict]:
@@ -22,7 +16,12 @@ def read_table(spark, path: Path) -> list[dict]:
 
 
 def test_no_arguments_captions_the_sample_photos_with_the_embedded_endpoint(spark, tmp_path):
-    done = vision_batch("run", cwd=tmp_path)
+    # Run as the bundle's job task runs it: jobs/caption_images.py with the optional settings
+    # left unset arriving as empty flags, which leaves `vision-batch run` with no arguments.
+    done = subprocess.run(
+        [sys.executable, str(JOB), "--max-rpm=", "--host=", "--secret-scope=", "--secret-key="],
+        cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600,
+    )
     assert done.returncode == 0, done.stderr
     assert "local reference model" in done.stdout
     assert "12 listed, 0 already done, 12 ok, 0 invalid, 0 failed" in done.stdout

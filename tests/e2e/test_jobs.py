@@ -1,21 +1,16 @@
-"""The job entry points as a Databricks task runs them: jobs/caption_images.py as a script,
-with the parameters the bundle passes, here against the embedded local endpoint (no host)."""
+"""jobs/caption_images.py's own arguments, as a Databricks task passes them: empty flags for
+unset settings, and a token from a secret scope. The script as a whole runs in test_cli.py."""
 
 from __future__ import annotations
 
 import importlib.util
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests import files
-
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "jobs" / "caption_images.py"
-ENV = {k: v for k, v in os.environ.items() if not k.startswith("DATABRICKS_")}
 SECRET = "dapi-not-a-real-token-0123456789"
 
 
@@ -26,27 +21,8 @@ def load_job():
     return module
 
 
-def test_caption_job_script_captions_a_folder_with_the_embedded_endpoint(request, tmp_path):
-    photos = files.write_photos(tmp_path / "in", 3, "photo {}.jpg", lambda i: (40 + i, 30 + i))
-    table = tmp_path / "tables" / "captions"
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--input", str(photos), "--table", str(table),
-         # As the bundle passes optional settings left unset: flags with empty values.
-         "--max-rpm=", "--host=", "--secret-scope=", "--secret-key=", "--max-concurrency=4"],
-        cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600,
-    )
-    assert done.returncode == 0, done.stderr
-    assert "local reference model" in done.stdout
-    assert "3 listed, 0 already done, 3 ok, 0 invalid, 0 failed" in done.stdout
-    # The shared session only now: run alone, the script's Spark need not share two cores.
-    spark = request.getfixturevalue("spark")
-    rows = spark.read.format("delta").load(str(table)).collect()
-    assert sorted(Path(r["path"]).name for r in rows) == [f"photo {i}.jpg" for i in range(3)]
-    assert all(r["status"] == "ok" and r["caption"] for r in rows)
-    assert (tmp_path / "tables" / "captions_runs" / "_delta_log").is_dir()
-
-
-# The rest needs neither Spark nor a subprocess: the job-only arguments, up to the CLI call.
+# The script itself runs as a subprocess in tests/e2e/test_cli.py (the no-argument demo).
+# Neither Spark nor a subprocess here: the job-only arguments, up to the CLI call.
 
 
 @pytest.fixture
