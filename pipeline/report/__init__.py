@@ -109,7 +109,10 @@ def _stream(captions: DataFrame) -> Iterator[dict[str, Any]]:
     """Every row's narrow columns, a partition at a time: the driver never holds them all."""
     from pyspark.sql import functions as F
 
-    narrow = captions.select(*TALLY_COLUMNS, F.col("processed_at").cast("double")
+    # request_share is optional: tables written before it have attempts only.
+    share = (F.col("request_share") if "request_share" in captions.columns
+             else F.lit(None).cast("double")).alias("request_share")
+    narrow = captions.select(*TALLY_COLUMNS, share, F.col("processed_at").cast("double")
                              .alias("processed_at"))
     for row in narrow.toLocalIterator():
         yield row.asDict()

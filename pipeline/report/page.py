@@ -203,7 +203,7 @@ def figures(totals: Totals, run: Mapping[str, Any] | None, family_costs: list[Fa
     boxes.append(_figure_box(
         "tokens paid", f"{paid.total_tokens:,}",
         esc(f"prompt {paid.prompt_tokens:,} · completion {paid.completion_tokens:,}; "
-            f"{paid.rows:,} rows with requests ({paid.requests:,} requests), "
+            f"{paid.rows:,} rows with requests ({round(paid.requests):,} requests), "
             f"{totals.reused:,} reused answers not paid")))
     latencies = totals.latencies["ok"] + totals.latencies["failed"]
     p50, p95 = percentile(latencies, 0.5), percentile(latencies, 0.95)

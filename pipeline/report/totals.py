@@ -22,7 +22,9 @@ class Usage:
     """Tokens of the rows that made requests (attempts > 0): what was paid for."""
 
     rows: int = 0
-    requests: int = 0
+    # Each request counts once over the images it carried (packed or grouped rows share
+    # it: request_share); rows from before that column count their attempts.
+    requests: float = 0.0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
@@ -62,7 +64,9 @@ class Totals:
         attempts = row.get("attempts") or 0
         if attempts > 0:
             usage = self.paid.setdefault(endpoint, Usage())
-            usage.add(Usage(1, attempts, row.get("prompt_tokens") or 0,
+            share = row.get("request_share")
+            usage.add(Usage(1, attempts if share is None else share,
+                            row.get("prompt_tokens") or 0,
                             row.get("completion_tokens") or 0, row.get("total_tokens") or 0))
             latency = row.get("latency_ms")
             if latency is not None and status in self.latencies:

@@ -257,3 +257,12 @@ def test_group_key_shows_when_the_column_exists() -> None:
     text = render([row(0, group_key="album-7"), row(1)]).html
     assert 'group <span class="group">album-7</span>' in text
     assert text.count('class="group"') == 1
+
+
+def test_a_request_shared_by_packed_images_counts_once() -> None:
+    # Five images answered by one packed request: each row took part in it (attempts 1) and
+    # accounts for a fifth of it; a row from before request_share counts its attempts.
+    rows = [row(i, request_share=0.2) for i in range(5)] + [row(5, attempts=2)]
+    totals, _ = tally(rows, 10)
+    assert totals.paid_total().requests == pytest.approx(3)
+    assert "6 rows with requests (3 requests)" in render(rows).html
