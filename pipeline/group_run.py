@@ -25,6 +25,7 @@ from pipeline.run import (
     Held,
     RunContext,
     RunResult,
+    caption_tasks,
     count_outcomes,
     prepare_batch,
     rows_of,
@@ -82,8 +83,7 @@ def _plan(
              .alias("fingerprint"), F.count("*").alias("files"))
     )
     done = spark.table(ctx.tables.groups).filter(
-        (F.col("endpoint") == ctx.endpoint) & (F.col("prompt_id") == ctx.prompt_id)
-        & F.col("status").isin(*DONE_STATUSES)
+        ctx.asked_here & F.col("status").isin(*DONE_STATUSES)
     ).select("group_key", "fingerprint")
     todo_groups = fingerprints.join(done, ["group_key", "fingerprint"], "left_anti")
     # Whole groups per batch: a batch closes once it holds max_files_per_batch files.
@@ -95,8 +95,8 @@ def _plan(
     in_groups = keyed.join(todo_groups.select("group_key", "fingerprint", "batch"),
                            "group_key")
     recorded = spark.table(ctx.tables.captions).filter(
-        (F.col("endpoint") == ctx.endpoint) & (F.col("prompt_id") == ctx.prompt_id)
-        & (F.col("status") == "invalid") & (F.col("error_class") == groups.NO_GROUP)
+        ctx.asked_here & (F.col("status") == "invalid")
+        & (F.col("error_class") == groups.NO_GROUP)
     ).select("path", F.col("size_bytes").alias("length"),
              F.col("modified_at").alias("modificationTime"))
     # Files no group takes are recorded once (invalid, never read) in the first batch.
@@ -131,8 +131,7 @@ def _process(
     prepared = prepared.join(keys, "path")
     valid = prepared.filter(F.col("error_class").isNull())
     group_count = len({r["group_key"] for r in rows if r["group_key"] is not None})
-    tasks = max(1, min(spark.sparkContext.defaultParallelism, ctx.config.max_concurrency,
-                       group_count))
+    tasks = caption_tasks(spark, ctx, group_count)
     plan = CallPlan(ctx.plan_client, ctx.spec, ctx.model, tasks,
                     max_request_bytes=ctx.family.max_request_bytes)
     parts = [

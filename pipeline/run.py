@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from pyspark import StorageLevel
-from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from pipeline import sink, source
@@ -86,6 +86,11 @@ class RunContext:
     @property
     def model(self) -> str | None:
         return None if "{endpoint}" in self.config.chat_path else self.endpoint
+
+    @property
+    def asked_here(self) -> Column:
+        """Rows of a captions or groups table that answer this run's endpoint and prompt."""
+        return (F.col("endpoint") == self.endpoint) & (F.col("prompt_id") == self.prompt_id)
 
     @property
     def image_budget(self) -> int:
@@ -237,9 +242,7 @@ def _todo(spark: SparkSession, ctx: RunContext, listing: DataFrame) -> DataFrame
         done = (
             spark.table(ctx.tables.captions)
             .filter(
-                (F.col("endpoint") == ctx.endpoint)
-                & (F.col("prompt_id") == ctx.prompt_id)
-                & F.col("status").isin(*DONE_STATUSES)
+                ctx.asked_here & F.col("status").isin(*DONE_STATUSES)
             )
             .select("path", F.col("size_bytes").alias("length"),
                     F.col("modified_at").alias("modificationTime"))
@@ -313,8 +316,7 @@ def _answers(spark: SparkSession, ctx: RunContext, prepared: DataFrame) -> DataF
     known = (
         spark.table(ctx.tables.captions)
         .filter(
-            (F.col("endpoint") == ctx.endpoint)
-            & (F.col("prompt_id") == ctx.prompt_id)
+            ctx.asked_here
             & (F.col("status") == "ok")
             & F.col("reused_from").isNull()
         )
@@ -337,7 +339,7 @@ def _answers(spark: SparkSession, ctx: RunContext, prepared: DataFrame) -> DataF
     count = to_call.count()
     if count == 0:
         return known.localCheckpoint(eager=True)
-    tasks = max(1, min(spark.sparkContext.defaultParallelism, ctx.config.max_concurrency, count))
+    tasks = caption_tasks(spark, ctx, count)
     plan = CallPlan(ctx.plan_client, ctx.spec, ctx.model, tasks,
                     ctx.config.images_per_request, ctx.family.max_request_bytes)
     called = (
@@ -350,6 +352,12 @@ def _answers(spark: SparkSession, ctx: RunContext, prepared: DataFrame) -> DataF
         .select("content_sha256", "answer_path", "c.*")
     )
     return called.unionByName(known).localCheckpoint(eager=True)
+
+
+def caption_tasks(spark: SparkSession, ctx: RunContext, work: int) -> int:
+    """Spark tasks that call the endpoint: all run at once (one per core), never more than the
+    request budget or the units of work (images or groups) to share it."""
+    return max(1, min(spark.sparkContext.defaultParallelism, ctx.config.max_concurrency, work))
 
 
 def rows_of(

@@ -100,9 +100,17 @@ def ensure_groups(spark: SparkSession, tables: Tables) -> None:
 
 def merge_groups(spark: SparkSession, tables: Tables, rows: DataFrame) -> None:
     """MERGE one batch of group answers into the groups table."""
-    columns = spark.table(tables.groups).schema
-    aligned = rows.select(*[rows[f.name].cast(f.dataType).alias(f.name) for f in columns])
+    aligned = _aligned(spark, tables.groups, rows)
     _merge(spark, "merge_groups.sql", aligned, "groups", groups_table=tables.groups)
+
+
+def _aligned(spark: SparkSession, table: str, rows: DataFrame) -> DataFrame:
+    """`rows` with every column of `table`, in its order and types, NULL where `rows` has
+    none (group_key outside groups): UPDATE SET * / INSERT * then write each one."""
+    return rows.select(
+        *[(rows[f.name] if f.name in rows.columns else F.lit(None)).cast(f.dataType)
+          .alias(f.name) for f in spark.table(table).schema]
+    )
 
 
 def find(spark: SparkSession, table: str) -> Tables | None:
@@ -119,13 +127,7 @@ def find(spark: SparkSession, table: str) -> Tables | None:
 
 def merge_batch(spark: SparkSession, tables: Tables, batch: DataFrame) -> None:
     """MERGE one batch into the captions table; retried when another writer got there first."""
-    columns = spark.table(tables.captions).schema
-    # Every column of the table, NULL where the batch has none (group_key outside groups):
-    # UPDATE SET * / INSERT * then write each one.
-    aligned = batch.select(
-        *[(batch[f.name] if f.name in batch.columns else F.lit(None)).cast(f.dataType)
-          .alias(f.name) for f in columns]
-    )
+    aligned = _aligned(spark, tables.captions, batch)
     _merge(spark, "merge_captions.sql", aligned, "batch", table=tables.captions)
 
 

@@ -14,6 +14,7 @@ import threading
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import pandas as pd
@@ -264,6 +265,25 @@ class _LoopThread:
         self.loop.close()
 
 
+@contextmanager
+def _task_session(plan: CallPlan) -> Iterator[tuple[_LoopThread, CaptionClient, deque]]:
+    """One Spark task's client on its own event loop, within the task's share of the budget,
+    and the queue of futures the task has in flight, cancelled if the task ends early."""
+    context = TaskContext.get()
+    settings = plan.for_partition(context.partitionId() if context else 0)
+    with _LoopThread() as runner:
+        client = CaptionClient(settings)
+        runner.submit(client.__aenter__()).result()
+        pending: deque[list[Future]] = deque()
+        try:
+            yield runner, client, pending
+        finally:
+            for futures in pending:
+                for future in futures:
+                    future.cancel()
+            runner.submit(client.__aexit__(None, None, None)).result(timeout=10)
+
+
 def caption_udf(plan: CallPlan):
     spec = plan.spec
     room, per_image = (
@@ -281,38 +301,27 @@ def caption_udf(plan: CallPlan):
     def caption_images(
         batches: Iterator[tuple[pd.Series, pd.Series, pd.Series]],
     ) -> Iterator[pd.DataFrame]:
-        context = TaskContext.get()
-        settings = plan.for_partition(context.partitionId() if context else 0)
-        with _LoopThread() as runner:
-            client = CaptionClient(settings)
-            runner.submit(client.__aenter__()).result()
-            pending: deque[list[Future]] = deque()
+        with _task_session(plan) as (runner, client, pending):
 
             def finished(futures: list[Future]) -> pd.DataFrame:
                 rows = [row for f in futures for row in f.result()]
                 return pd.DataFrame(rows, columns=CAPTIONED.names)
 
-            try:
-                for images, mimes, tokens in batches:
-                    pending.append([
-                        runner.submit(ask(
-                            client, plan,
-                            [(mimes.iat[i], bytes(images.iat[i])) for i in pack],
-                            [int(tokens.iat[i]) for i in pack],
-                        ))
-                        for pack in packs(images)
-                    ])
-                    # Keep one batch of read-ahead in flight so the semaphore stays full
-                    # across batch boundaries; answer batches in their input order.
-                    while len(pending) > 1:
-                        yield finished(pending.popleft())
-                while pending:
+            for images, mimes, tokens in batches:
+                pending.append([
+                    runner.submit(ask(
+                        client, plan,
+                        [(mimes.iat[i], bytes(images.iat[i])) for i in pack],
+                        [int(tokens.iat[i]) for i in pack],
+                    ))
+                    for pack in packs(images)
+                ])
+                # Keep one batch of read-ahead in flight so the semaphore stays full
+                # across batch boundaries; answer batches in their input order.
+                while len(pending) > 1:
                     yield finished(pending.popleft())
-            finally:
-                for futures in pending:
-                    for f in futures:
-                        f.cancel()
-                runner.submit(client.__aexit__(None, None, None)).result(timeout=10)
+            while pending:
+                yield finished(pending.popleft())
 
     return caption_images.asNondeterministic()
 
@@ -344,36 +353,28 @@ def group_udf(plan: CallPlan, max_images: int):
     limits = (max_images, room, per_image)
 
     def ask_groups(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        context = TaskContext.get()
-        settings = plan.for_partition(context.partitionId() if context else 0)
-        with _LoopThread() as runner:
-            client = CaptionClient(settings)
-            runner.submit(client.__aenter__()).result()
-            pending: deque[Future] = deque()
+        with _task_session(plan) as (runner, client, pending):
             key, members = None, []
 
             def submit() -> None:
-                pending.append(runner.submit(ask_group(client, plan, key, members, limits)))
+                pending.append([runner.submit(ask_group(client, plan, key, members, limits))])
 
-            try:
-                for frame in frames:
-                    for row in frame.itertuples(index=False):
-                        if members and row.group_key != key:
-                            submit()
-                            members = []
-                        key = row.group_key
-                        members.append((row.path, row.mime, row.image,
-                                        row.estimated_image_tokens))
-                    # Bound what is held: answer the oldest groups once enough are in flight.
-                    while len(pending) > 2 * settings.concurrency:
-                        yield pd.DataFrame(pending.popleft().result(), columns=GROUP_PART.names)
-                if members:
-                    submit()
-                while pending:
-                    yield pd.DataFrame(pending.popleft().result(), columns=GROUP_PART.names)
-            finally:
-                for future in pending:
-                    future.cancel()
-                runner.submit(client.__aexit__(None, None, None)).result(timeout=10)
+            def finished(futures: list[Future]) -> pd.DataFrame:
+                return pd.DataFrame(futures[0].result(), columns=GROUP_PART.names)
+
+            for frame in frames:
+                for row in frame.itertuples(index=False):
+                    if members and row.group_key != key:
+                        submit()
+                        members = []
+                    key = row.group_key
+                    members.append((row.path, row.mime, row.image, row.estimated_image_tokens))
+                # Bound what is held: answer the oldest groups once enough are in flight.
+                while len(pending) > 2 * client.settings.concurrency:
+                    yield finished(pending.popleft())
+            if members:
+                submit()
+            while pending:
+                yield finished(pending.popleft())
 
     return ask_groups
