@@ -17,9 +17,9 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from throughput import Endpoint, jpeg
+from common import Endpoint, jpeg
 
-from pipeline import run as runner
+from pipeline import runs as runner
 from pipeline.auth import static
 from pipeline.config import RunConfig
 from pipeline.spark import get_spark
@@ -29,7 +29,7 @@ ENDPOINT = "bench-vlm"
 
 def one_run(spark, folder: Path, k: int, args) -> tuple[float, float, int, int]:
     """(images/s at the endpoint, tokens per image, requests, captions on a wrong row)."""
-    endpoint = Endpoint(args.latency_ms, 64, "--max-rpm", str(args.rpm))
+    endpoint = Endpoint(args.latency_ms, 64, "--max-rpm", str(args.rpm))  # serves bench-vlm
     try:
         table = str(folder / f"out-k{k}" / "captions")
         cfg = RunConfig(input=str(folder / "in"), table=table, endpoint=ENDPOINT, host=endpoint.url,

@@ -6,9 +6,10 @@ Part 1 prepares the same large photos two ways in one process and prints the rat
   (b) the usual way: decode at full size, orient, resize with LANCZOS, encode.
 Target: (a) at least 3x faster than (b).
 
-Part 2 runs the real Spark preparation stage (binaryFile -> pandas UDF) over 50 files of
-15-20 MB on local[2] and samples the resident memory of every Python worker; it prints the
-peak. Target: each worker under 1.5 GB.
+Part 2 runs a whole run over 50 files of 15-20 MB in batches of 10, against an endpoint slow
+enough that two batches are in flight at once, and samples the resident memory of every
+Python worker (and of this process, the driver that sends the requests); it prints the
+peaks. Target: each worker under 1.5 GB.
 
     python benchmarks/prepare_images.py [--photos 12] [--files 50]
 """
@@ -83,53 +84,70 @@ def speed(count: int) -> None:
 
 
 def memory(count: int) -> None:
+    import resource
+
+    from common import Endpoint
+
+    from pipeline.auth import static
     from pipeline.config import RunConfig
-    from pipeline.run import Held, context, prepare_batch
+    from pipeline.runs import run
     from pipeline.spark import get_spark
 
     folder = Path(tempfile.mkdtemp(prefix="vb-bench-"))
-    print(f"\nPart 2: {count} files of 15-20 MB through the Spark preparation stage, local[2]")
+    batch = 10
+    print(f"\nPart 2: {count} files of 15-20 MB through a whole run, batches of {batch} with "
+          "two in flight, local Spark")
     sizes = []
     for i in range(count):
         data = jpeg_bytes(photo(5700 + (i % 5) * 100, 4000 + (i % 3) * 50, i), 97)
-        (folder / f"photo{i:03}.jpg").write_bytes(data)
+        (folder / "in").mkdir(exist_ok=True)
+        (folder / "in" / f"photo{i:03}.jpg").write_bytes(data)
         sizes.append(len(data))
     print(f"  files              {min(sizes) / 1e6:.1f}-{max(sizes) / 1e6:.1f} MB "
           f"({sum(sizes) / 1e9:.2f} GB)")
     spark = get_spark("vision-batch-bench")
     peak: dict[int, int] = {}
     stop = threading.Event()
+    with Endpoint(500, 8) as endpoint:  # slow enough that batches overlap
 
-    def sample() -> None:
-        me = psutil.Process()
-        while not stop.is_set():
-            for proc in me.children(recursive=True):
-                try:
-                    if "python" in proc.name().lower():
-                        peak[proc.pid] = max(peak.get(proc.pid, 0), proc.memory_info().rss)
-                except psutil.Error:
-                    pass
-            time.sleep(0.05)
+        def sample() -> None:
+            me = psutil.Process()
+            while not stop.is_set():
+                for proc in me.children(recursive=True):
+                    try:
+                        if "python" in proc.name().lower() and proc.pid != endpoint.proc.pid:
+                            peak[proc.pid] = max(peak.get(proc.pid, 0), proc.memory_info().rss)
+                    except psutil.Error:
+                        pass
+                time.sleep(0.05)
 
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    cfg = RunConfig(input=str(folder), endpoint="databricks-claude-sonnet-4",
-                    max_files_per_batch=count)
-    ctx = context(cfg, spark)
-    rows = [{"path": f"file:{p}", "length": p.stat().st_size, "modificationTime": None}
-            for p in sorted(folder.iterdir())]
-    started = time.perf_counter()
-    prepared = prepare_batch(spark, ctx, rows, Held())
-    ok = prepared.filter("error_class IS NULL").count()
-    elapsed = time.perf_counter() - started
-    stop.set()
-    sampler.join()
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        cfg = RunConfig(input=str(folder / "in"), table=str(folder / "out" / "captions"),
+                        endpoint="bench-vlm", host=endpoint.url, max_concurrency=8,
+                        max_files_per_batch=batch, model_family="claude").validate()
+        started = time.perf_counter()
+        result = run(cfg, static(endpoint.url, endpoint.token), spark, progress=lambda _: None)
+        elapsed = time.perf_counter() - started
+        stop.set()
+        sampler.join()
+    overlapping = _overlaps(result.timeline)
     workers = sorted(peak.values(), reverse=True)
-    print(f"  prepared           {ok}/{count} ok in {elapsed:.1f} s "
-          f"({count / elapsed:.1f} images/s on 2 cores)")
-    print(f"  python processes   {len(workers)}; peak RSS per process: "
+    print(f"  captioned          {result.statuses['ok']}/{count} ok in {elapsed:.1f} s; at most "
+          f"{overlapping} batches between asked and committed at once")
+    print(f"  python workers     {len(workers)}; peak RSS per process: "
           + ", ".join(f"{w / 2**20:.0f} MB" for w in workers[:4]))
     print(f"  largest worker     {workers[0] / 2**30:.2f} GB   (target < 1.5 GB)")
+    print(f"  this process (the driver, sending the requests) peak RSS "
+          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GB")
+
+
+def _overlaps(timeline) -> int:
+    """Most batches at once between their first request and their commit."""
+    asked = {n: began for n, stage, began, _ in timeline if stage == "ask"}
+    committed = {n: ended for n, stage, _, ended in timeline if stage == "commit"}
+    spans = [(asked[n], committed[n]) for n in asked if n in committed]
+    return max(sum(b <= t < e for b, e in spans) for t, _ in spans) if spans else 0
 
 
 def main() -> None:

@@ -1,14 +1,16 @@
-"""Requests at the endpoint's capacity: vision-batch vs the naive pattern from the docs.
+"""Requests at the endpoint's capacity, on a classic session and on Spark Connect, from the
+executors and from the driver; vision-batch against the naive pattern from the docs.
 
 A local endpoint (its own process) answers in 250 ms and admits 16 requests at once, so no
-client can exceed 16 / 0.25 = 64 images/s. The same 500 images go through:
-  (a) vision-batch: `run` with --max-concurrency 16 (async client in a pandas iterator UDF,
-      one budget split over the Spark tasks);
+client can exceed 16 / 0.25 = 64 images/s. The same 500 images (one batch) go through:
+  (a) `vision-batch run` as a process, four ways: a classic local session and a local Spark
+      Connect server (SPARK_REMOTE=local[2]), each with --caller executors and driver;
   (b) the Databricks docs' pattern: a pandas UDF calling the synchronous OpenAI client once per
-      row, on the same number of Spark tasks.
-Throughput is measured where it matters, at the endpoint: answers / (last answer - first
-request). Targets: (a) >= 0.9 of the bound with <= 5% of requests turned away (429), and
-(a) >= 5x (b). Client CPU per request is measured in this process for both clients.
+      row, on as many Spark tasks as the session has slots.
+Throughput is measured at the endpoint: answers / (last answer - first request). Then the
+12-photo demo, run cold on each session. Targets: every (a) >= 0.9 of the bound with <= 5%
+turned away; the driver within 10% of the executors; classic executors >= 5x (b); the demo
+on Connect within 1.3x of the classic one.
 
     python benchmarks/throughput.py [--images 500] [--latency-ms 250] [--capacity 16]
 """
@@ -17,83 +19,39 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
-import os
-import secrets
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-import httpx
 import pandas as pd
-from pyspark.sql.functions import pandas_udf
-
-from pipeline import run as runner
-from pipeline.auth import static
-from pipeline.client import CaptionClient, ClientSettings
-from pipeline.config import RunConfig
-from pipeline.payloads import PromptSpec, caption_parser, chat_body, data_url, encode
-from pipeline.spark import get_spark
+from common import Endpoint, command, jpeg, photos, rate
 
 ENDPOINT = "bench-vlm"
+SESSIONS = {"classic": {}, "connect": {"SPARK_REMOTE": "local[2]"}}
 
 
-def jpeg(width: int, height: int) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.linear_gradient("L").resize((width, height)).convert("RGB").save(buf, "JPEG")
-    return buf.getvalue()
-
-
-class Endpoint:
-    """`vision-batch serve-local` in a subprocess, so its work is not in our process."""
-
-    def __init__(self, latency_ms: float, capacity: int, *extra: str) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.token = secrets.token_urlsafe(16)
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "DATABRICKS_TOKEN": self.token}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli", "serve-local", "--port", str(self.port),
-             "--latency-ms", str(latency_ms), "--max-concurrency", str(capacity), *extra],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        for _ in range(100):
-            try:
-                self.stats()
-                return
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        raise RuntimeError("the local endpoint did not start")
-
-    def stats(self) -> dict:
-        response = httpx.get(f"{self.url}/local/stats",
-                             headers={"Authorization": f"Bearer {self.token}"}, timeout=5)
-        response.raise_for_status()
-        return response.json()
-
-    def restart(self, latency_ms: float, capacity: int) -> Endpoint:
-        self.stop()
-        return Endpoint(latency_ms, capacity)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
-
-
-def measured(stats: dict) -> tuple[float, float]:
-    window = stats["last_answer_at"] - stats["first_request_at"]
-    refused = stats["by_status"].get("429", 0) / max(1, stats["requests"])
-    return stats["answered_ok"] / window, refused
+def callers(folder: Path, args) -> dict[tuple[str, str], tuple[float, float, float]]:
+    """(session, caller) -> (images/s at the endpoint, share turned away, command wall s)."""
+    figures = {}
+    for session, env in SESSIONS.items():
+        for caller in ("executors", "driver"):
+            with Endpoint(args.latency_ms, args.capacity) as endpoint:
+                table = folder / f"out-{session}-{caller}" / "captions"
+                wall, out = command(
+                    "run", *endpoint.flags(), "--input", str(folder / "in"), "--table",
+                    str(table), "--caller", caller, "--max-concurrency", str(args.capacity),
+                    "--max-files-per-batch", str(args.images), cwd=folder,
+                    token=endpoint.token, env=env)
+                assert f"{args.images} ok" in out, out
+                figures[session, caller] = (*rate(endpoint.stats()), wall)
+    return figures
 
 
 def naive_udf(url: str, token: str, prompt: str):
+    from pyspark.sql.functions import pandas_udf
+
+    from pipeline.payloads import data_url
+
     @pandas_udf("string")
     def caption(images: pd.Series, mimes: pd.Series) -> pd.Series:
         from openai import OpenAI
@@ -114,33 +72,77 @@ def naive_udf(url: str, token: str, prompt: str):
     return caption
 
 
-def cpu_per_request(url: str, token: str, images: list[bytes], capacity: int) -> tuple[float,
-                                                                                       float]:
+def naive(folder: Path, args) -> float:
+    """(b): the same images, prepared by vision-batch, asked one by one per Spark task."""
+    from dataclasses import replace
+
+    from pipeline import source
+    from pipeline.config import RunConfig
+    from pipeline.runs import plan
+    from pipeline.runs.context import context
+    from pipeline.runs.prepare import prepare
+    from pipeline.spark import get_spark, parallelism
+
+    spark = get_spark("vision-batch-bench")
+    cfg = RunConfig(input=str(folder / "in"), table=str(folder / "naive"), endpoint=ENDPOINT,
+                    max_files_per_batch=args.images).validate()
+    ctx = replace(context(cfg))
+    (batch,) = plan.files(spark, ctx, source.list_files(spark, cfg.input)).stream
+    prepared = prepare(spark, ctx, batch)
+    assert prepared.held is not None
+    tasks = parallelism(spark)
+    with Endpoint(args.latency_ms, args.capacity) as endpoint:
+        udf = naive_udf(endpoint.url, endpoint.token, cfg.prompt)
+        answered = (prepared.held.repartition(tasks).select(udf("image", "mime").alias("c"))
+                    .filter("c IS NOT NULL").count())
+        assert answered == args.images
+        return rate(endpoint.stats())[0]
+
+
+def cpu_per_request(images: list[bytes], capacity: int) -> tuple[float, float]:
     """Client CPU seconds per request: our async client vs the sync OpenAI client."""
     from openai import OpenAI
 
+    from pipeline.auth import static
+    from pipeline.client import CaptionClient, ClientSettings
+    from pipeline.payloads import PromptSpec, caption_parser, chat_body, data_url, encode
+
     spec = PromptSpec("Describe this image.", 64)
-    creds = static(url, token)
     bodies = [encode(chat_body(spec, [("image/jpeg", i)])) for i in images]
+    with Endpoint(0, capacity) as endpoint:
+        creds = static(endpoint.url, endpoint.token)
 
-    async def ours() -> None:
-        settings = ClientSettings(f"{url}/serving-endpoints/{ENDPOINT}/invocations", creds,
-                                  30.0, 3, capacity)
-        async with CaptionClient(settings) as client:
-            parse = caption_parser("caption", False)
-            await asyncio.gather(*(client.call(b, parse) for b in bodies))
+        async def ours() -> None:
+            settings = ClientSettings(
+                f"{endpoint.url}/serving-endpoints/{ENDPOINT}/invocations", creds, 30.0, 3,
+                capacity)
+            async with CaptionClient(settings) as client:
+                parse = caption_parser("caption", False)
+                await asyncio.gather(*(client.call(b, parse) for b in bodies))
 
-    started = time.process_time()
-    asyncio.run(ours())
-    a = (time.process_time() - started) / len(images)
-    client = OpenAI(base_url=f"{url}/serving-endpoints", api_key=token, max_retries=0)
-    started = time.process_time()
-    for image in images:
-        client.chat.completions.create(model=ENDPOINT, messages=[{"role": "user", "content": [
-            {"type": "text", "text": spec.prompt},
-            {"type": "image_url", "image_url": {"url": data_url("image/jpeg", image)}}]}])
-    b = (time.process_time() - started) / len(images)
+        started = time.process_time()
+        asyncio.run(ours())
+        a = (time.process_time() - started) / len(images)
+        client = OpenAI(base_url=f"{endpoint.url}/serving-endpoints", api_key=endpoint.token,
+                        max_retries=0)
+        started = time.process_time()
+        for image in images:
+            client.chat.completions.create(model=ENDPOINT, messages=[{"role": "user", "content": [
+                {"type": "text", "text": spec.prompt},
+                {"type": "image_url", "image_url": {"url": data_url("image/jpeg", image)}}]}])
+        b = (time.process_time() - started) / len(images)
     return a, b
+
+
+def demos(folder: Path) -> dict[str, float]:
+    """The no-argument demo (12 photos, the embedded endpoint), cold, on each session."""
+    walls = {}
+    for session, env in SESSIONS.items():
+        cwd = folder / f"demo-{session}"
+        cwd.mkdir()
+        walls[session], out = command("run", cwd=cwd, env=env)
+        assert "12 ok" in out, out
+    return walls
 
 
 def main() -> None:
@@ -152,50 +154,27 @@ def main() -> None:
     bound = args.capacity / (args.latency_ms / 1000)
 
     folder = Path(tempfile.mkdtemp(prefix="vb-throughput-"))
-    images = [jpeg(64 + i % 97, 48 + i // 97) for i in range(args.images)]
-    for i, data in enumerate(images):
-        (folder / f"img{i:04}.jpg").write_bytes(data)
-    spark = get_spark("vision-batch-bench")
-    tasks = spark.sparkContext.defaultParallelism
-    print(f"{args.images} images, endpoint latency {args.latency_ms:g} ms, admits "
-          f"{args.capacity} at once: bound {bound:.0f} images/s; {tasks} Spark task slots")
-
-    endpoint = Endpoint(args.latency_ms, args.capacity)
-    try:
-        cfg = RunConfig(input=str(folder), table=str(folder / "out" / "captions"),
-                        endpoint=ENDPOINT, host=endpoint.url,
-                        max_concurrency=args.capacity, max_files_per_batch=args.images)
-        started = time.perf_counter()
-        result = runner.run(cfg, static(endpoint.url, endpoint.token), spark,
-                            progress=lambda _: None)
-        whole = time.perf_counter() - started
-        a_rate, a_refused = measured(endpoint.stats())
-        assert result.statuses["ok"] == args.images, result.statuses
-
-        endpoint = endpoint.restart(args.latency_ms, args.capacity)
-        ctx = runner.context(cfg, spark)
-        rows = [{"path": f"file:{p}", "length": p.stat().st_size, "modificationTime": None}
-                for p in sorted(folder.glob("*.jpg"))]
-        prepared = runner.prepare_batch(spark, ctx, rows, runner.Held())
-        udf = naive_udf(endpoint.url, endpoint.token, cfg.prompt)
-        answered = (prepared.repartition(tasks).select(udf("image", "mime").alias("c"))
-                    .filter("c IS NOT NULL").count())
-        assert answered == args.images
-        b_rate, b_refused = measured(endpoint.stats())
-
-        endpoint = endpoint.restart(args.latency_ms, args.capacity)
-        sample = images[: min(64, len(images))]
-        cpu_a, cpu_b = cpu_per_request(endpoint.url, endpoint.token, sample, args.capacity)
-    finally:
-        endpoint.stop()
-
-    print(f"  (a) vision-batch        {a_rate:6.1f} images/s   {a_refused:6.1%} turned away "
-          f"(whole run incl. Spark listing, prep, MERGE: {args.images / whole:.1f} images/s; "
-          f"latency p50 {result.latency_p50_ms:.0f} ms)")
-    print(f"  (b) naive sync UDF      {b_rate:6.1f} images/s   {b_refused:6.1%} turned away")
-    print(f"  (a) / bound             {a_rate / bound:6.2f}        (target >= 0.90)")
-    print(f"  (a) / (b)               {a_rate / b_rate:6.1f}x       (target >= 5x)")
-    print(f"  client CPU per request  (a) {cpu_a * 1000:.2f} ms   (b) {cpu_b * 1000:.2f} ms")
+    photos(folder / "in", args.images)
+    print(f"{args.images} images in one batch, endpoint latency {args.latency_ms:g} ms, admits "
+          f"{args.capacity} at once: bound {bound:.0f} images/s")
+    figures = callers(folder, args)
+    for (session, caller), (images_s, refused, wall) in figures.items():
+        print(f"  (a) {session:8s} {caller:9s} {images_s:6.1f} images/s = "
+              f"{images_s / bound:4.2f} of bound, {refused:5.1%} turned away "
+              f"(whole command {wall:5.1f} s)")
+    for session in SESSIONS:
+        ratio = figures[session, "driver"][0] / figures[session, "executors"][0]
+        print(f"      {session:8s} driver / executors {ratio:5.2f}   (target >= 0.90)")
+    naive_rate = naive(folder, args)
+    print(f"  (b) naive sync UDF      {naive_rate:6.1f} images/s")
+    print(f"  (a) classic executors / (b)  {figures['classic', 'executors'][0] / naive_rate:5.1f}x"
+          "   (target >= 5x)")
+    cpu_a, cpu_b = cpu_per_request([jpeg(64 + i, 48) for i in range(64)], args.capacity)
+    print(f"  client CPU per request  async httpx {cpu_a * 1000:.2f} ms, "
+          f"sync openai {cpu_b * 1000:.2f} ms")
+    walls = demos(folder)
+    print(f"  demo, cold: classic {walls['classic']:.1f} s, Connect {walls['connect']:.1f} s: "
+          f"{walls['connect'] / walls['classic']:.2f}x   (target <= 1.3x)")
 
 
 if __name__ == "__main__":

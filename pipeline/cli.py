@@ -1,25 +1,42 @@
-"""`vision-batch`: run, estimate, serve-local. Errors are one line; exit 0 / 1 / 2 (DESIGN.md)."""
+"""`vision-batch`: run, estimate, report, serve-local. Errors are one line; exit 0 when the
+run completed, 1 when it could not, 2 for usage errors (README, "Command line").
+
+Spark and the run layer are imported by the commands that use them: settings are checked,
+and usage errors reported, before a second is spent loading them.
+"""
 
 from __future__ import annotations
 
-import argparse
-import secrets
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import replace
+import time
 
-from pipeline import auth, config, local_endpoint, progress
-from pipeline.auth import AuthError, Credentials
-from pipeline.client import EndpointError, preflight
-from pipeline.config import LOCAL_ENDPOINT, ConfigError, RunConfig
-from pipeline.limits import LimitsError, load_catalog
-from pipeline.resources import samples_dir
-from pipeline.run import RunResult
-from pipeline.sink import TableError
-from pipeline.source import InputError
+STARTED = time.time()  # the command's start: every duration a run reports counts from here
 
-USER_ERRORS = (AuthError, EndpointError, InputError, TableError, LimitsError)
+import argparse  # noqa: E402
+import secrets  # noqa: E402
+import sys  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
+from dataclasses import replace  # noqa: E402
+from typing import TYPE_CHECKING  # noqa: E402
+
+from pipeline import auth, config, local_endpoint, progress  # noqa: E402
+from pipeline.auth import AuthError, Credentials  # noqa: E402
+from pipeline.client import EndpointError, preflight  # noqa: E402
+from pipeline.config import CALLERS, LOCAL_ENDPOINT, SESSIONS, ConfigError, RunConfig  # noqa: E402
+from pipeline.limits import LimitsError, load_catalog  # noqa: E402
+from pipeline.resources import samples_dir  # noqa: E402
+
+if TYPE_CHECKING:
+    from pipeline.runs import RunResult
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """The errors that are the user's to fix: one line, exit 1."""
+    from pipeline.sink import TableError
+    from pipeline.source import InputError
+    from pipeline.spark import SessionError
+
+    return (AuthError, EndpointError, InputError, TableError, LimitsError, SessionError)
 
 
 def _input_flags(p: argparse.ArgumentParser) -> None:
@@ -31,6 +48,12 @@ def _input_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", help="instruction sent with every image")
     p.add_argument("--max-tokens", type=int, dest="max_tokens")
     p.add_argument("--mode", choices=("udf", "sql"))
+    p.add_argument("--caller", choices=CALLERS,
+                   help="where requests are sent from: Spark's executors, or the driver "
+                        "(auto: the driver where UDFs cannot reach the network)")
+    p.add_argument("--spark", choices=SESSIONS,
+                   help="Spark session: auto (Databricks' own, SPARK_REMOTE, or local), or "
+                        "databricks-connect (the Databricks profile's cluster or serverless)")
     p.add_argument("--max-concurrency", type=int, dest="max_concurrency",
                    help="requests in flight across the whole run")
     p.add_argument("--max-rpm", type=int, dest="max_rpm", help="requests per minute, whole run")
@@ -80,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="only the rows this run wrote (default: every row)")
     report_p.add_argument("--max-thumbnails", type=int, dest="max_thumbnails",
                           help="gallery cards at most; beyond it a sample (default 1000)")
+    report_p.add_argument("--spark", choices=SESSIONS, default="auto",
+                          help="Spark session, as for run")
     report_p.set_defaults(func=cmd_report)
     return parser
 
@@ -90,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except ConfigError as exc:
         return _fail(str(exc), 2)
-    except USER_ERRORS as exc:
+    except user_errors() as exc:
         return _fail(str(exc), 1)
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
@@ -140,12 +165,13 @@ def connected(cfg: RunConfig) -> Iterator[tuple[RunConfig, Credentials]]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pipeline.run import run
-
     cfg = load_config(args)
+    cfg.prompt_spec()  # a response schema that cannot be read is a usage error, now
+    from pipeline.runs import run
+
     report = progress.reporter()
     with connected(cfg) as (cfg, credentials):
-        result = run(cfg, credentials, progress=report)
+        result = run(cfg, credentials, progress=report, started=STARTED)
     print(summary(result))
     if report is progress.structured:  # the totals as one parseable line too
         report(progress.update("finished", result, result.written, 0))
@@ -169,7 +195,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     limit = MAX_THUMBNAILS if args.max_thumbnails is None else args.max_thumbnails
     if limit < 1:
         raise ConfigError(f"--max-thumbnails must be at least 1, not {limit}")
-    written = write_report(get_spark(), args.table, args.out, run_id=args.run_id,
+    written = write_report(get_spark(kind=args.spark), args.table, args.out, run_id=args.run_id,
                            max_thumbnails=limit)
     page = written.page
     shown = (f"{page.shown:,} of {page.rows:,} rows shown, sampled" if page.sampled
@@ -182,7 +208,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def summary(r: RunResult) -> str:
     s = r.statuses
     lines = [
-        f"run {r.run_id}: {r.status} in {r.seconds:.1f} s",
+        f"run {r.run_id}: {r.status} in {r.seconds:.1f} s "
+        f"(of which {r.spark_seconds:.1f} s starting Spark)",
         f"  files   {r.listed} listed, {r.skipped} already done, {s['ok']} ok, "
         f"{s['invalid']} invalid, {s['failed']} failed",
     ]
@@ -193,7 +220,7 @@ def summary(r: RunResult) -> str:
     lines += [
         f"  tokens  {r.total_tokens:,} (prompt {r.prompt_tokens:,}, completion "
         f"{r.completion_tokens:,}) over {r.requests} requests, {r.retries} retries",
-        f"  speed   {r.images_per_s:.1f} images/s"
+        f"  speed   {r.images_per_s:.1f} images/s over the whole run"
         + (
             f", latency p50 {r.latency_p50_ms:.0f} ms, p95 {r.latency_p95_ms:.0f} ms"
             if r.latency_p50_ms is not None

@@ -30,6 +30,13 @@ DEFAULT_GROUP_PROMPT = (
 # expression whose first capture group, found in the path, is the group key.
 GROUP_BY_FOLDER = "folder"
 LOCAL_ENDPOINT = "local-reference"
+MODES = ("udf", "sql")
+# Where requests are sent from (pipeline/runs/callers.py): `auto` picks the executors where
+# their UDFs may reach the network, the driver elsewhere (serverless).
+CALLERS = ("auto", "executors", "driver")
+# Which Spark session (pipeline/spark.py): `auto` is the active one on Databricks, a Spark
+# Connect one when SPARK_REMOTE is set, a local one otherwise.
+SESSIONS = ("auto", "databricks-connect")
 
 
 class ConfigError(ValueError):
@@ -62,6 +69,8 @@ class RunConfig:
     group_prompt: str = DEFAULT_GROUP_PROMPT
     # Execution
     mode: str = "udf"
+    caller: str = "auto"
+    spark: str = "auto"
     max_concurrency: int = 8
     max_rpm: int | None = None
     request_timeout: float = 120.0
@@ -71,8 +80,10 @@ class RunConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> RunConfig:
-        if self.mode not in ("udf", "sql"):
-            raise ConfigError(f"mode must be 'udf' or 'sql', not {self.mode!r}")
+        for key, allowed in (("mode", MODES), ("caller", CALLERS), ("spark", SESSIONS)):
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"{key} must be one of {', '.join(allowed)}, "
+                                  f"not {getattr(self, key)!r}")
         for key in ("max_tokens", "max_concurrency", "max_attempts", "max_files_per_batch",
                     "images_per_request"):
             if getattr(self, key) < 1:

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from pyspark.sql import SparkSession
-from pyspark.sql import functions as F
 
-from pipeline import sink
+from pipeline import sink, source
 from pipeline.config import ConfigError, RunConfig
-from pipeline.run import Held, RunResult, context, plan_batches, prepare_batch
+from pipeline.runs import plan
+from pipeline.runs.context import context
+from pipeline.runs.prepare import prepare
 from pipeline.spark import get_spark
 
 
@@ -48,35 +49,30 @@ def estimate(config: RunConfig, spark: SparkSession | None = None) -> Estimate:
     if config.group_by is not None:
         raise ConfigError("estimate plans single images and packs; it does not plan groups "
                           "yet (run without --group-by for the per-image figures)")
-    spark = spark or get_spark()
-    ctx = context(config, spark, tables=sink.find(spark, config.table))
+    ctx = context(config)  # settings errors come before Spark starts
+    spark = spark or get_spark(kind=config.spark)
+    ctx = replace(ctx, tables=sink.find(spark, config.table))
     result = Estimate(
         ctx.endpoint, ctx.family.name, ctx.prompt_id,
         text_tokens_per_request=math.ceil(len(ctx.spec.prompt) / 4),
         max_completion_tokens=ctx.spec.max_tokens,
     )
-    listed = RunResult(ctx.run_id, config.table)
-    todo, _, batches = plan_batches(spark, ctx, listed)
-    result.listed, result.skipped = listed.listed, listed.skipped
+    planned = plan.files(spark, ctx, source.list_files(spark, config.input or ""))
+    result.listed, result.skipped = planned.listed, planned.skipped
     seen: set[str] = set()
-    for number in range(batches):
-        rows = todo.filter(F.col("batch") == number).collect()
-        held = Held()
-        prepared = prepare_batch(spark, ctx, rows, held)
-        valid = prepared.filter(F.col("error_class").isNull())
-        for r in valid.groupBy("content_sha256").agg(
-            F.first("estimated_image_tokens").alias("tokens"), F.count("*").alias("files")
-        ).collect():
-            result.sendable += r["files"]
-            if r["content_sha256"] not in seen:  # same bytes in two batches: one request
-                seen.add(r["content_sha256"])
+    for batch in planned.stream:
+        prepared = prepare(spark, ctx, batch)
+        prepared.release()  # the facts are enough: nothing is sent
+        result.error_classes.update(r.error_class for r in prepared.refused.values())
+        for facts in prepared.facts.values():
+            if facts["error_class"] is not None:
+                result.error_classes[facts["error_class"]] += 1
+                continue
+            result.sendable += 1
+            if facts["content_sha256"] not in seen:  # same bytes twice: one request
+                seen.add(facts["content_sha256"])
                 result.requests += 1
-                result.image_tokens += r["tokens"]
-        result.error_classes.update(
-            {r["error_class"]: r["count"] for r in prepared.filter(
-                F.col("error_class").isNotNull()).groupBy("error_class").count().collect()}
-        )
-        held.release()
+                result.image_tokens += facts["estimated_image_tokens"]
     if config.images_per_request > 1:  # packs of K; the byte limit may cut a few more
         result.requests = math.ceil(result.requests / config.images_per_request)
         result.packed = config.images_per_request

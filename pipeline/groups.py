@@ -1,5 +1,5 @@
 """Groups of files that belong together (`--group-by`): their keys, and the rows their answers
-make. Pure functions; group_run.py drives them with Spark.
+make. Pure functions; pipeline/runs/grouped.py drives them with Spark.
 
 A group is asked about in one request with the group prompt, or in several when it holds
 more images or bytes than one request may carry (conf/models.yml). Its answer goes to the

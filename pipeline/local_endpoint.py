@@ -394,6 +394,11 @@ def _fresh_stats() -> dict[str, Any]:
         # endpoint saw it: answered_ok / (last_answer_at - first_request_at).
         "first_request_at": None,
         "last_answer_at": None,
+        # Time with nothing in flight between two requests: what a client left unused. The
+        # gaps of a second or more are counted too (a batch boundary, say).
+        "idle_s": 0.0,
+        "idle_gaps_over_1s": 0,
+        "idle_since": None,
     }
 
 
@@ -722,6 +727,10 @@ class LocalEndpoint:
             limit = self.options.max_concurrency
             if limit is not None and self._stats["in_flight"] >= limit:
                 return False
+            if self._stats["in_flight"] == 0 and self._stats["idle_since"] is not None:
+                gap = time.time() - self._stats["idle_since"]
+                self._stats["idle_s"] += gap
+                self._stats["idle_gaps_over_1s"] += gap >= 1.0
             self._stats["in_flight"] += 1
             self._stats["max_in_flight"] = max(
                 self._stats["max_in_flight"], self._stats["in_flight"]
@@ -742,6 +751,8 @@ class LocalEndpoint:
     def _release(self, reply: Reply | None) -> None:
         with self._lock:
             self._stats["in_flight"] -= 1
+            if self._stats["in_flight"] == 0:
+                self._stats["idle_since"] = time.time()
             if reply is None:
                 return
             self._count_status(reply)

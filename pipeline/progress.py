@@ -30,16 +30,21 @@ class Update:
     images_per_s: float = 0.0
     elapsed_s: float = 0.0
     detail: str = ""  # e.g. how groups were formed
+    approximate: bool = False  # `batches` is an estimate (batches of whole groups)
 
     def line(self) -> str:
+        about = "about " if self.approximate else ""
         if self.event == "planned":
             return (f"{self.listed} files listed, {self.skipped} already done, {self.pending} "
-                    f"to process in {self.batches} batch(es){self.detail}")
+                    f"to process in {about}{self.batches} batch(es){self.detail} "
+                    f"({self.elapsed_s:.1f} s)")
         counts = ", ".join(f"{self.statuses.get(s, 0)} {s}" for s in STATUSES)
         errors = ", ".join(f"{k} {v}" for k, v in sorted(self.errors.items()))
-        return (f"batch {self.batch}/{self.batches}: {self.files_done}/{self.pending} files, "
+        return (f"batch {self.batch}/{'~' if self.approximate else ''}{self.batches}: "
+                f"{self.files_done}/{self.pending} files, "
                 f"{counts}" + (f" ({errors})" if errors else "")
-                + f"; {self.images_per_s:.1f} images/s{self.detail}")
+                + f"; {self.images_per_s:.1f} images/s since the start, "
+                f"{self.elapsed_s:.1f} s{self.detail}")
 
     __str__ = line
 
@@ -49,14 +54,14 @@ class Update:
 
 
 def update(event: str, result, pending: int, batches: int, batch: int = 0, detail: str = "",
-           files_done: int = 0) -> Update:
-    """An Update from a run's running totals (a pipeline.run.RunResult)."""
+           files_done: int = 0, approximate: bool = False) -> Update:
+    """An Update from a run's running totals (a pipeline.runs.RunResult)."""
     return Update(
         event=event, run_id=result.run_id, listed=result.listed, skipped=result.skipped,
         pending=pending, batches=batches, batch=batch, files_done=files_done,
         statuses={s: result.statuses[s] for s in STATUSES},
         errors=dict(result.error_classes), images_per_s=round(result.images_per_s, 2),
-        elapsed_s=round(result.seconds, 2), detail=detail,
+        elapsed_s=round(result.seconds, 2), detail=detail, approximate=approximate,
     )
 
 

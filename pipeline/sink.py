@@ -4,22 +4,31 @@
 outside Databricks, so a path table is also registered under a stable name in the session
 catalog; every statement (ours and the SQL path's templates) then names it through
 IDENTIFIER(:table), and no value is ever formatted into SQL text.
+
+Rows arrive as plain Python dicts built on the driver (a batch's rows are in hand anyway):
+each write is one small local DataFrame and one statement, and what was written is counted
+from those rows, not by another Spark job.
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from pyspark.sql import DataFrame, Row, SparkSession
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType, _parse_datatype_string
 
+from pipeline import localfs
 from pipeline.resources import sql_text
+from pipeline.spark import analyze
 
 # Delta's optimistic concurrency: two runs merging into one table can conflict. The
 # loser retries against the new snapshot; these markers name the retriable conflicts.
@@ -40,6 +49,12 @@ _CONFLICTS = (
 )
 MAX_COMMIT_ATTEMPTS = 8
 
+# Columns that travel from Python as epoch microseconds (exact, whatever the time zones of
+# the driver and the session), and the column stamped with the time of the write.
+MICROS = ("modified_at", "started_at", "ended_at")
+NOW = ("processed_at",)
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
 
 class TableError(RuntimeError):
     """The table cannot be used (not Delta, unreadable); one line for the user."""
@@ -50,6 +65,7 @@ class Tables:
     captions: str  # a name IDENTIFIER() accepts
     runs: str
     location: str | None = None  # set for path tables
+    schema: StructType | None = field(default=None, compare=False)  # the captions table's
 
     @property
     def display(self) -> str:
@@ -60,100 +76,174 @@ class Tables:
         """`<table>_groups`: group answers (--group-by); created by `ensure_groups`."""
         return self.captions + "_groups"
 
+    def sibling(self, suffix: str) -> str | None:
+        """The location of `<table><suffix>` for a path table."""
+        return None if self.location is None else self.location.rstrip("/") + suffix
+
 
 def is_path(table: str) -> bool:
     return "/" in table
 
 
 def resolve(spark: SparkSession, table: str) -> Tables:
-    """Create both tables if needed (from sql/ DDL) and return the names to use."""
+    """The captions table, created (from sql/ DDL) or brought up to it if needed. The runs
+    table waits for `ensure_runs`, so a run pays for it only when it writes there."""
     if not is_path(table):
+        if not spark.catalog.tableExists(table):
+            _with_retries(lambda: spark.sql(sql_text("create_captions.sql"),
+                                            args={"table": table}))
         tables = Tables(table, f"{table}_runs")
-        _with_retries(lambda: _create(spark, tables.captions, tables.runs))
     else:
         location = _absolute(table)
         _check_not_foreign(spark, location)
-        runs_location = location.rstrip("/") + "_runs"
-        _with_retries(
-            lambda: _create(spark, _delta_path(location), _delta_path(runs_location))
-        )
+        if not is_delta(spark, location):
+            _with_retries(lambda: spark.sql(sql_text("create_captions.sql"),
+                                            args={"table": _delta_path(location)}))
         alias = "vision_batch_" + hashlib.sha1(location.encode()).hexdigest()[:12]
         _register(spark, alias, location)
-        _register(spark, alias + "_runs", runs_location)
         tables = Tables(alias, alias + "_runs", location)
-    _with_retries(lambda: _add_missing_columns(spark, tables.captions, "create_captions.sql"))
+    schema = _with_retries(lambda: _add_missing_columns(spark, tables.captions,
+                                                        "create_captions.sql"))
+    return Tables(tables.captions, tables.runs, tables.location, schema)
+
+
+def ensure_runs(spark: SparkSession, tables: Tables) -> None:
+    """Create the runs table next to the captions table, or bring it up to the DDL."""
+    if tables.location is None:
+        if not spark.catalog.tableExists(tables.runs):
+            _with_retries(lambda: spark.sql(sql_text("create_runs.sql"),
+                                            args={"runs_table": tables.runs}))
+    else:
+        location = tables.sibling("_runs")
+        if not is_delta(spark, location):
+            _with_retries(lambda: spark.sql(sql_text("create_runs.sql"),
+                                            args={"runs_table": _delta_path(location)}))
+        _register(spark, tables.runs, location)
     _with_retries(lambda: _add_missing_columns(spark, tables.runs, "create_runs.sql"))
-    return tables
 
 
-def ensure_groups(spark: SparkSession, tables: Tables) -> None:
-    """Create the groups table next to the captions table, if it is not there yet."""
+def ensure_groups(spark: SparkSession, tables: Tables) -> StructType:
+    """Create the groups table next to the captions table if needed; its schema."""
     if tables.location is None:
         _with_retries(lambda: spark.sql(sql_text("create_groups.sql"),
                                         args={"groups_table": tables.groups}))
-        return
-    location = tables.location.rstrip("/") + "_groups"
-    _with_retries(lambda: spark.sql(sql_text("create_groups.sql"),
-                                    args={"groups_table": _delta_path(location)}))
-    _register(spark, tables.groups, location)
-
-
-def merge_groups(spark: SparkSession, tables: Tables, rows: DataFrame) -> None:
-    """MERGE one batch of group answers into the groups table."""
-    aligned = _aligned(spark, tables.groups, rows)
-    _merge(spark, "merge_groups.sql", aligned, "groups", groups_table=tables.groups)
-
-
-def _aligned(spark: SparkSession, table: str, rows: DataFrame) -> DataFrame:
-    """`rows` with every column of `table`, in its order and types, NULL where `rows` has
-    none (group_key outside groups): UPDATE SET * / INSERT * then write each one."""
-    return rows.select(
-        *[(rows[f.name] if f.name in rows.columns else F.lit(None)).cast(f.dataType)
-          .alias(f.name) for f in spark.table(table).schema]
-    )
+    else:
+        location = tables.sibling("_groups")
+        if not is_delta(spark, location):
+            _with_retries(lambda: spark.sql(sql_text("create_groups.sql"),
+                                            args={"groups_table": _delta_path(location)}))
+        _register(spark, tables.groups, location)
+    return spark.table(tables.groups).schema
 
 
 def find(spark: SparkSession, table: str) -> Tables | None:
     """The tables if they already exist, without creating anything (for dry runs)."""
-    from delta.tables import DeltaTable
-
     if not is_path(table):
         return Tables(table, f"{table}_runs") if spark.catalog.tableExists(table) else None
-    location = _absolute(table)
-    if not DeltaTable.isDeltaTable(spark, location):
+    if not is_delta(spark, _absolute(table)):
         return None
-    return resolve(spark, table)
+    tables = resolve(spark, table)
+    runs = tables.sibling("_runs")
+    if is_delta(spark, runs):
+        _register(spark, tables.runs, runs)
+    return tables
+
+
+def merge_captions(
+    spark: SparkSession, tables: Tables, rows: list[dict[str, Any]], new: bool = False
+) -> None:
+    """MERGE one batch's rows into the captions table, keyed by (path, endpoint, prompt_id).
+
+    `new`: the plan found no row for any of these files, so Delta's insert-only MERGE is
+    tried first (it rewrites no file). If its own metrics say it inserted fewer rows than it
+    was given, another run wrote some of these files meanwhile, and the full MERGE
+    (sql/merge_captions.sql) decides for them as for any replay.
+    """
+    args = {"table": tables.captions}
+
+    def write(view: str) -> None:
+        if new:
+            merged = _with_retries(lambda: spark.sql(sql_text("merge_captions_new.sql"),
+                                                     args={**args, "batch": view}).first())
+            if merged is not None and merged["num_inserted_rows"] == len(rows):
+                return
+        _with_retries(lambda: spark.sql(sql_text("merge_captions.sql"),
+                                        args={**args, "batch": view}))
+
+    _with_view(spark, frame_of(spark, tables.schema, rows), write)
 
 
 def merge_batch(spark: SparkSession, tables: Tables, batch: DataFrame) -> None:
-    """MERGE one batch into the captions table; retried when another writer got there first."""
-    aligned = _aligned(spark, tables.captions, batch)
-    _merge(spark, "merge_captions.sql", aligned, "batch", table=tables.captions)
+    """MERGE rows already in a DataFrame (a replay, a repair) into the captions table."""
+    _merge(spark, "merge_captions.sql", _aligned(tables.schema or spark.table(
+        tables.captions).schema, batch), "batch", table=tables.captions)
+
+
+def merge_groups(spark: SparkSession, tables: Tables, schema: StructType,
+                 rows: list[dict[str, Any]]) -> None:
+    """MERGE one batch of group answers into the groups table."""
+    _merge(spark, "merge_groups.sql", frame_of(spark, schema, rows), "groups",
+           groups_table=tables.groups)
+
+
+def insert_run(spark: SparkSession, tables: Tables, row: dict[str, Any]) -> None:
+    """Append a run's row: a new run_id, so no MERGE is needed and none can conflict."""
+    schema = spark.table(tables.runs).schema
+    _with_view(spark, frame_of(spark, schema, [row]), lambda view: _with_retries(
+        lambda: spark.sql(sql_text("insert_run.sql"),
+                          args={"runs_table": tables.runs, "run": view})))
 
 
 def upsert_run(spark: SparkSession, tables: Tables, row: dict[str, Any]) -> None:
+    """Complete (or insert) a run's row, keyed by run_id."""
     schema = spark.table(tables.runs).schema
-    df = spark.createDataFrame([Row(**{f.name: row.get(f.name) for f in schema})], schema)
-    _merge(spark, "merge_run.sql", df, "run", runs_table=tables.runs)
+    _merge(spark, "merge_run.sql", frame_of(spark, schema, [row]), "run",
+           runs_table=tables.runs)
 
 
-def _merge(
-    spark: SparkSession, template: str, source: DataFrame, source_marker: str, **tables: str
-) -> None:
+def frame_of(spark: SparkSession, schema: StructType, rows: list[dict[str, Any]]) -> DataFrame:
+    """`rows` as a DataFrame with exactly the columns of `schema`, in its order and types:
+    NULL where a row has no value, MICROS as UTC times, NOW stamped. It travels as Arrow
+    and lands as a local relation: no Python worker reads it back, however often the MERGE
+    scans it."""
+    now = datetime.now(timezone.utc)
+
+    def value(name: str, row: dict[str, Any]) -> Any:
+        if name in NOW:
+            return now
+        found = row.get(name)
+        if name in MICROS and found is not None:
+            return _EPOCH + timedelta(microseconds=found)
+        return found
+
+    # Object columns: pandas must not turn a column of ints with a NULL into floats.
+    columns = {f.name: pd.Series([value(f.name, row) for row in rows], dtype=object)
+               for f in schema.fields}
+    return spark.createDataFrame(pd.DataFrame(columns), schema)
+
+
+def _aligned(schema: StructType, rows: DataFrame) -> DataFrame:
+    """`rows` with every column of the table, in its order and types."""
+    return rows.select(
+        *[(rows[f.name] if f.name in rows.columns else F.lit(None)).cast(f.dataType)
+          .alias(f.name) for f in schema]
+    )
+
+
+def _merge(spark: SparkSession, template: str, source: DataFrame, source_marker: str,
+           **tables: str) -> None:
     """Run a MERGE template from sql/ with `source` bound, as a temporary view, to a marker."""
+    _with_view(spark, source, lambda view: _with_retries(
+        lambda: spark.sql(sql_text(template), args={**tables, source_marker: view})))
+
+
+def _with_view(spark: SparkSession, source: DataFrame, action) -> None:
     view = f"vision_batch_source_{os.getpid()}_{random.randrange(1 << 30)}"
     source.createOrReplaceTempView(view)
     try:
-        _with_retries(
-            lambda: spark.sql(sql_text(template), args={**tables, source_marker: view})
-        )
+        action(view)
     finally:
         spark.catalog.dropTempView(view)
-
-
-def _create(spark: SparkSession, captions: str, runs: str) -> None:
-    spark.sql(sql_text("create_captions.sql"), args={"table": captions})
-    spark.sql(sql_text("create_runs.sql"), args={"runs_table": runs})
 
 
 def ddl_schema(ddl_file: str) -> StructType:
@@ -163,15 +253,31 @@ def ddl_schema(ddl_file: str) -> StructType:
     return _parse_datatype_string(text[start: text.rindex(") USING DELTA")])
 
 
-def _add_missing_columns(spark: SparkSession, table: str, ddl_file: str) -> None:
+def _add_missing_columns(spark: SparkSession, table: str, ddl_file: str) -> StructType:
     """Bring a table made by an older version up to the DDL: an empty append that evolves
-    the schema adds the new (nullable) columns; no SQL text is assembled."""
+    the schema adds the new (nullable) columns; no SQL text is assembled. The schema after."""
     declared = ddl_schema(ddl_file)
-    if set(declared.names) - set(spark.table(table).columns):
+    schema = spark.table(table).schema
+    if set(declared.names) - set(schema.names):
         empty = spark.createDataFrame([], declared)
         empty.write.format("delta").mode("append").option("mergeSchema", "true").saveAsTable(
             table
         )
+        schema = spark.table(table).schema
+    return schema
+
+
+def is_delta(spark: SparkSession, location: str) -> bool:
+    """Whether a Delta table (with at least one commit) lives at `location`."""
+    local = localfs.os_path(location)
+    if local is not None:
+        log = os.path.join(local, "_delta_log")
+        return bool(glob.glob(os.path.join(glob.escape(log), "*.json")))
+    try:
+        analyze(spark.read.format("delta").load(location))
+        return True
+    except Exception:
+        return False
 
 
 def _delta_path(location: str) -> str:
@@ -186,23 +292,20 @@ def _absolute(table: str) -> str:
 
 def _register(spark: SparkSession, name: str, location: str) -> None:
     if not spark.catalog.tableExists(name):
-        spark.catalog.createTable(name, path=location, source="delta")
+        _with_retries(lambda: spark.catalog.createTable(name, path=location, source="delta"))
 
 
 def _check_not_foreign(spark: SparkSession, location: str) -> None:
-    """Refuse a folder that holds something other than a Delta table."""
-    from delta.tables import DeltaTable
-
-    jvm = spark.sparkContext._jvm
-    hpath = jvm.org.apache.hadoop.fs.Path(location)
-    fs = hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
-    if not fs.exists(hpath):
+    """Refuse a folder that holds something other than a Delta table. Only where the folder
+    has an os path: elsewhere Delta itself refuses to create a table over other files."""
+    local = localfs.os_path(location)
+    if local is None or not os.path.exists(local):
         return
-    if not fs.getFileStatus(hpath).isDirectory():
+    if not os.path.isdir(local):
         raise TableError(f"--table {location} is a file, not a Delta table folder")
-    names = {status.getPath().getName() for status in fs.listStatus(hpath)}
+    names = set(os.listdir(local))
     # A `_delta_log` without a commit yet is a table another run is creating right now.
-    if names and "_delta_log" not in names and not DeltaTable.isDeltaTable(spark, location):
+    if names and "_delta_log" not in names:
         raise TableError(f"--table {location} holds files but is not a Delta table")
 
 
@@ -214,3 +317,4 @@ def _with_retries(action):
             if attempt == MAX_COMMIT_ATTEMPTS or not any(m in str(exc) for m in _CONFLICTS):
                 raise
             time.sleep(random.uniform(0, 0.2 * 2**attempt))
+    return None

@@ -3,20 +3,37 @@
 binaryFile opens a file only when `content` is selected, so the listing (path, length,
 modificationTime) never reads a byte. Contents are then read per batch from the explicit
 paths of that batch, after the length gate and the skip of finished files.
+
+Spark's file scan drops zero-length files without a word. They are found again by plain
+Python wherever the input has an os path: on the driver for a small local folder, else on
+the executors, one task per batch of folders (Unity Catalog volumes are mounted there). Only
+the empty files themselves come to the driver, as rows to add to the listing. Nothing
+reaches into the JVM.
 """
 
 from __future__ import annotations
 
+import os
 import re
-from datetime import datetime
-from urllib.parse import unquote, urlsplit
+from collections.abc import Iterator
+from dataclasses import dataclass
 
+import pandas as pd
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from pipeline import localfs
 from pipeline.limits import InputBounds
+from pipeline.spark import analyze
+from pipeline.udfs import in_worker
 
 METADATA = ("path", "length", "modificationTime")
+_FOUND = "path STRING, mtime_ms BIGINT"  # an empty file, with its time as Hadoop gives it
+_PARENT = r"^(.*)/[^/]*$"
+
+# A local folder with at most this many entries is searched for empty files by the driver
+# itself, in well under a second; a larger one, or a volume, by the executors.
+DRIVER_WALK_LIMIT = 20_000
 
 # Characters Hadoop's path globbing treats as patterns; file names may contain them.
 _GLOB = re.compile(r"([\\\[\]{}*?])")
@@ -26,55 +43,127 @@ class InputError(RuntimeError):
     """The input cannot be listed (missing, empty, unreadable); one line for the user."""
 
 
+@dataclass(frozen=True)
+class Listing:
+    files: DataFrame  # path, length, modificationTime of every file, empty ones included
+    note: str | None = None  # what the listing could not see, for the progress output
+
+
 def escape_glob(path: str) -> str:
     return _GLOB.sub(r"\\\1", path)
 
 
-def list_files(spark: SparkSession, input_path: str) -> DataFrame:
+def list_files(spark: SparkSession, input_path: str) -> Listing:
     """Every file under `input_path`, recursively: path, length, modificationTime."""
     try:
-        # load() lists eagerly, so a missing folder fails here, not mid-run.
         files = (
             spark.read.format("binaryFile")
             .option("recursiveFileLookup", "true")
             .load(escape_glob(input_path))
         )
+        analyze(files)  # a missing folder fails here
     except Exception as exc:
         if "PATH_NOT_FOUND" in str(exc) or "does not exist" in str(exc):
             raise InputError(f"--input {input_path} does not exist") from None
         raise
     scanned = files.select(*METADATA)
-    return _with_empty_files(spark, files, scanned)
+    root = localfs.os_path(input_path)
+    if root is None:
+        return Listing(scanned, f"zero-length files under {input_path} cannot be listed there "
+                                "(Spark skips them) and get no row")
+    # Found once, now: the plan reads the listing twice (to count, then to stream).
+    prefix = localfs.spark_prefix(input_path)
+    empty = _walk(prefix, root, DRIVER_WALK_LIMIT) if prefix == "file:" else None
+    if empty is None:
+        empty = [(r["path"], r["mtime_ms"]) for r in
+                 _empty_files(spark, scanned, input_path, root).collect()]
+    if not empty:
+        return Listing(scanned)
+    return Listing(scanned.unionByName(spark.createDataFrame(empty, _FOUND).select(
+        "path", F.lit(0).cast("long").alias("length"),
+        F.timestamp_millis("mtime_ms").alias("modificationTime"))))
 
 
-def hadoop_path(uri: str) -> str:
-    """A file URI as binaryFile's `path` column spells it (Hadoop's Path.toString)."""
-    parts = urlsplit(uri)
-    path = unquote(parts.path)
-    return f"{parts.scheme}://{parts.netloc}{path}" if parts.netloc else f"{parts.scheme}:{path}"
+def _empty_files(spark: SparkSession, scanned: DataFrame, input_path: str,
+                 root: str) -> DataFrame:
+    """The zero-length files under the input: each folder on the way to a listed file is
+    read once (one Python task per batch of folders), and a sub-folder that holds no listed
+    file at any depth is walked whole, in the same task."""
+    top = localfs.spark_prefix(input_path) + root
+    # The folders between the input and each listed file: top/a, top/a/b for top/a/b/x.jpg.
+    parts = F.split(F.substring(F.regexp_extract("path", _PARENT, 1), len(top) + 2, 1 << 20),
+                    "/")
+    chain = F.transform(
+        F.sequence(F.lit(1), F.size(parts)),
+        lambda i: F.concat(F.lit(top + "/"), F.array_join(F.slice(parts, 1, i), "/")))
+    folders = (
+        scanned.select(F.explode(F.when(F.regexp_extract("path", _PARENT, 1) == top,
+                                        F.array().cast("array<string>")).otherwise(chain))
+                       .alias("child"))
+        .select(F.regexp_extract("child", _PARENT, 1).alias("dir"), "child")
+    )
+    # Every folder on the way, with its sub-folders that lead to a listed file.
+    known = folders.unionByName(folders.select(F.col("child").alias("dir"),
+                                               F.lit(None).cast("string").alias("child")))
+    start = spark.createDataFrame([(top, None)], "dir STRING, child STRING")
+    by_folder = (known.unionByName(start).groupBy("dir")
+                 .agg(F.collect_set("child").alias("children")))
+    return by_folder.mapInPandas(_scan_folders, _FOUND)
 
 
-def _with_empty_files(spark: SparkSession, files: DataFrame, scanned: DataFrame) -> DataFrame:
-    """Add the zero-length files, which Spark's file scan drops without a word.
+def _scan_folders(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    """Per folder: its empty files, and every empty file under its sub-folders that lead to
+    no listed file (those hold only empty or hidden files)."""
+    in_worker()
+    for frame in frames:
+        rows: list[tuple[str, int]] = []
+        for spark_dir, children in zip(frame["dir"], frame["children"], strict=True):
+            prefix, local = localfs.spark_prefix(spark_dir), localfs.os_path(spark_dir)
+            if local is None:
+                continue
+            leads = {localfs.os_path(c) for c in children}
+            if os.path.isfile(local):  # --input named one file
+                rows += _if_empty(prefix, local)
+                continue
+            try:
+                entries = list(os.scandir(local))
+            except OSError:  # gone since the listing, or unreadable: Spark said what it saw
+                continue
+            for entry in entries:
+                if localfs.hidden(entry.name):
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    if entry.path not in leads:
+                        rows += _walk(prefix, entry.path) or []
+                elif entry.is_file():
+                    rows += _if_empty(prefix, entry.path)
+        yield pd.DataFrame(rows, columns=["path", "mtime_ms"])
 
-    The file index (inputFiles) still knows them; when it holds more files than the scan
-    returns, the difference gets its metadata from the file system, one status per file.
-    """
-    indexed = files.inputFiles()
-    if len(indexed) == scanned.count():
-        return scanned
-    seen = spark.createDataFrame([(hadoop_path(u),) for u in indexed], "path STRING")
-    missing = [r["path"] for r in seen.join(scanned, "path", "left_anti").collect()]
-    jvm = spark.sparkContext._jvm
-    conf = spark.sparkContext._jsc.hadoopConfiguration()
-    rows = []
-    for path in missing:
-        hpath = jvm.org.apache.hadoop.fs.Path(path)
-        status = hpath.getFileSystem(conf).getFileStatus(hpath)
-        modified = datetime.fromtimestamp(status.getModificationTime() / 1000)
-        rows.append((path, int(status.getLen()), modified))
-    extra = spark.createDataFrame(rows, "path STRING, length BIGINT, modificationTime TIMESTAMP")
-    return scanned.unionByName(extra)
+
+def _walk(prefix: str, top: str, limit: int | None = None) -> list[tuple[str, int]] | None:
+    """Every empty file under `top` (or `top` itself), hidden names skipped as Spark skips
+    them; None once more than `limit` entries were looked at."""
+    if os.path.isfile(top):
+        return _if_empty(prefix, top)
+    rows: list[tuple[str, int]] = []
+    seen = 0
+    for current, subfolders, names in os.walk(top):
+        subfolders[:] = [d for d in subfolders if not localfs.hidden(d)]
+        seen += len(subfolders) + len(names)
+        if limit is not None and seen > limit:
+            return None
+        for name in names:
+            if not localfs.hidden(name):
+                rows += _if_empty(prefix, os.path.join(current, name))
+    return rows
+
+
+def _if_empty(prefix: str, path: str) -> list[tuple[str, int]]:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return []
+    return [(prefix + path, stat.st_mtime_ns // 1_000_000)] if stat.st_size == 0 else []
 
 
 def length_gate(bounds: InputBounds) -> Column:

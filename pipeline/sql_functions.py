@@ -41,7 +41,6 @@ AI_QUERY_RESULT = "struct<result:string,errorMessage:string>"
 READ_FILES_SCHEMA = "path: string, modificationTime: timestamp, length: bigint, content: binary"
 
 
-@udtf(returnType=READ_FILES_SCHEMA)
 class ReadFiles:
     def eval(self, path: str, format: str | None = None, recursiveFileLookup=None):  # noqa: A002
         if format not in (None, "binaryFile"):
@@ -153,7 +152,9 @@ def ai_query_udf(credentials: Credentials, config: RunConfig):
 
 def register(spark: SparkSession, credentials: Credentials, config: RunConfig) -> None:
     """Register `read_files` and `ai_query` in a local session (never on Databricks)."""
-    spark.udtf.register("read_files", ReadFiles)
+    # Wrapped here, not where the class is defined: the wrapper is a classic or a Spark
+    # Connect UDTF depending on the session, which exists only now.
+    spark.udtf.register("read_files", udtf(ReadFiles, returnType=READ_FILES_SCHEMA))
     # Nondeterministic: Delta's MERGE then materializes its source once instead of calling
     # the endpoint again when it reads the source a second time.
     spark.udf.register("ai_query", ai_query_udf(credentials, config).asNondeterministic())

@@ -87,7 +87,8 @@ TBLPROPERTIES (
 
 -- create_runs.sql
 -- The runs table: one row per run, written 'running' at the start and completed at the end,
--- so a run that was killed stays visible as one that never finished.
+-- so a run that was killed stays visible as one that never finished. No deletion vectors:
+-- as for the captions table, readers without them (delta-rs: polars, DuckDB) can read it.
 CREATE TABLE IF NOT EXISTS IDENTIFIER(:runs_table) (
   run_id STRING NOT NULL,
   started_at TIMESTAMP,
@@ -112,7 +113,7 @@ CREATE TABLE IF NOT EXISTS IDENTIFIER(:runs_table) (
   error_message STRING COMMENT 'why the run failed, one line',
   config_json STRING COMMENT 'effective configuration, without secrets'
 ) USING DELTA
-TBLPROPERTIES ('delta.enableDeletionVectors' = 'true')
+TBLPROPERTIES ('delta.enableDeletionVectors' = 'false')
 
 -- COMMAND ----------
 

@@ -18,6 +18,7 @@ sampling (the gallery's sample), thumbnails, charts (inline SVG) and page (the H
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -160,23 +161,32 @@ def read_previews(spark: SparkSession, rows: list[Mapping[str, Any]],
 
 
 def _read_existing(spark: SparkSession, paths: list[str]) -> DataFrame | None:
-    """read_contents over the paths that still exist (one listing call per path is paid only
-    when some file has gone)."""
-    from pipeline import source
-
-    try:
-        return source.read_contents(spark, paths)
-    except Exception as exc:
-        if "PATH_NOT_FOUND" not in str(exc) and "does not exist" not in str(exc):
-            raise
-    jvm = spark.sparkContext._jvm
-    conf = spark.sparkContext._jsc.hadoopConfiguration()
+    """read_contents over the paths that still exist: checked with the os where the files
+    have an os path, else by asking Spark about each (paid only when some file has gone)."""
+    from pipeline import localfs, source
+    from pipeline.spark import analyze
 
     def exists(path: str) -> bool:
-        hpath = jvm.org.apache.hadoop.fs.Path(path)
-        return bool(hpath.getFileSystem(conf).exists(hpath))
+        local = localfs.os_path(path)
+        if local is not None:
+            return os.path.isfile(local)
+        try:
+            analyze(spark.read.format("binaryFile").load(source.escape_glob(path)))
+            return True
+        except Exception as exc:
+            if "PATH_NOT_FOUND" in str(exc) or "does not exist" in str(exc):
+                return False
+            raise
 
-    present = [p for p in paths if exists(p)]
+    local = [p for p in paths if localfs.os_path(p) is not None]
+    remote = [p for p in paths if localfs.os_path(p) is None]
+    present = [p for p in local if exists(p)]
+    if remote:
+        try:
+            analyze(source.read_contents(spark, remote))
+            present += remote
+        except Exception:
+            present += [p for p in remote if exists(p)]
     return source.read_contents(spark, present) if present else None
 
 

@@ -8,10 +8,10 @@ import asyncio
 import httpx
 
 from pipeline import describer
+from pipeline.asking import CallPlan, ask
 from pipeline.client import CaptionClient, ClientSettings
 from pipeline.packing import packed_spec
 from pipeline.payloads import PromptSpec, chat_body, encode
-from pipeline.udfs import CallPlan, ask
 from tests import files
 
 SPEC = PromptSpec("Write alt text.", max_tokens=400)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import cli, report, source
-from pipeline import run as runner
+from pipeline import cli, report
+from pipeline import runs as runner
 from pipeline.limits import load_catalog
 from pipeline.local_endpoint import Faults
 from pipeline.report.thumbnails import THUMBNAIL_SIDE
@@ -72,6 +72,46 @@ def visible_cards(driver) -> list:
     return [c for c in driver.find_elements("css selector", ".card") if c.is_displayed()]
 
 
+def check_page(driver, out: Path, rows: dict[str, dict]) -> None:
+    """The page shows every row of the table as a card with its status; ok cards have a
+    loaded thumbnail and the table's caption; the filters show what they say."""
+    driver.get(out.as_uri())
+    cards = driver.find_elements("css selector", ".card")
+    assert len(cards) == len(rows)
+    by_path = {c.find_element("css selector", ".name").get_attribute("title"): c
+               for c in cards}
+    assert set(by_path) == set(rows)
+    for path, row in rows.items():
+        card = by_path[path]
+        assert card.get_attribute("data-status") == row["status"]
+        if row["status"] != "ok":
+            continue
+        img = card.find_element("css selector", ".thumb img")
+        width = driver.execute_script(
+            "return arguments[0].complete ? arguments[0].naturalWidth : 0", img)
+        assert 0 < width <= THUMBNAIL_SIDE, path
+        caption = card.find_element("css selector", ".caption").get_attribute("textContent")
+        assert caption and caption == row["caption"]
+    # Failed rows were sent: their thumbnails load too.
+    failed = [by_path[p] for p, r in rows.items() if r["status"] == "failed"]
+    assert all(c.find_elements("css selector", ".thumb img") for c in failed)
+
+    driver.find_element("css selector", '[data-filter="invalid"]').click()
+    shown = visible_cards(driver)
+    invalid = [r for r in rows.values() if r["status"] == "invalid"]
+    assert [c.get_attribute("data-status") for c in shown] == ["invalid"]
+    reason = shown[0].find_element("css selector", ".reason").text
+    assert reason == f"{invalid[0]['error_class']}: {invalid[0]['error_message']}"
+    assert driver.find_element("id", "visible").text == "1"
+
+    driver.find_element("css selector", '[data-filter="failed"]').click()
+    assert {c.get_attribute("data-status") for c in visible_cards(driver)} == {"failed"}
+    assert all("server_error" in c.text for c in visible_cards(driver))
+
+    driver.find_element("css selector", '[data-filter="all"]').click()
+    assert len(visible_cards(driver)) == len(rows)
+
+
 def test_the_report_of_a_real_run_renders_every_row_and_filters_by_status(
     spark, serve, run_config, tmp_path, capsys
 ) -> None:
@@ -99,42 +139,7 @@ def test_the_report_of_a_real_run_renders_every_row_and_filters_by_status(
         text = out.read_text(encoding="utf-8")
         assert "://" not in text  # self-contained: nothing to fetch
 
-        driver.get(out.as_uri())
-        cards = driver.find_elements("css selector", ".card")
-        assert len(cards) == len(rows)
-        by_path = {c.find_element("css selector", ".name").get_attribute("title"): c
-                   for c in cards}
-        assert set(by_path) == set(rows)
-        for path, row in rows.items():
-            card = by_path[path]
-            assert card.get_attribute("data-status") == row["status"]
-            if row["status"] != "ok":
-                continue
-            img = card.find_element("css selector", ".thumb img")
-            width = driver.execute_script(
-                "return arguments[0].complete ? arguments[0].naturalWidth : 0", img)
-            assert 0 < width <= THUMBNAIL_SIDE, path
-            caption = card.find_element("css selector", ".caption").get_attribute("textContent")
-            assert caption and caption == row["caption"]
-        # Failed rows were sent: their thumbnails load too.
-        failed = [by_path[p] for p, r in rows.items() if r["status"] == "failed"]
-        assert all(c.find_elements("css selector", ".thumb img") for c in failed)
-
-        driver.find_element("css selector", '[data-filter="invalid"]').click()
-        shown = visible_cards(driver)
-        invalid = [r for r in rows.values() if r["status"] == "invalid"]
-        assert [c.get_attribute("data-status") for c in shown] == ["invalid"]
-        reason = shown[0].find_element("css selector", ".reason").text
-        assert reason == f"{invalid[0]['error_class']}: {invalid[0]['error_message']}"
-        assert driver.find_element("id", "visible").text == "1"
-
-        driver.find_element("css selector", '[data-filter="failed"]').click()
-        assert {c.get_attribute("data-status") for c in visible_cards(driver)} == {"failed"}
-        assert all("server_error" in c.text for c in visible_cards(driver))
-
-        driver.find_element("css selector", '[data-filter="all"]').click()
-        assert len(visible_cards(driver)) == len(rows)
-
+        check_page(driver, out, rows)
         shot = artifacts_dir() / "report.png"
         shot.write_bytes(full_page_png(driver))
         assert shot.stat().st_size > 10_000
@@ -155,7 +160,7 @@ def test_files_gone_changed_or_undecodable_get_placeholders_not_errors(spark, tm
     kept, gone, junk = folder / "kept.jpg", folder / "gone.jpg", folder / "junk.jpg"
     kept.write_bytes(files.jpeg(80, 60))
     junk.write_bytes(files.pdf())
-    kept, gone, junk = (source.hadoop_path(p.as_uri()) for p in (kept, gone, junk))
+    kept, gone, junk = (f"file:{p}" for p in (kept, gone, junk))  # as binaryFile lists them
     rows = [{"path": p, "status": "ok", "size_bytes": 10} for p in (kept, gone, junk)]
     previews = report.read_previews(spark, rows, load_catalog().input)
     assert previews[kept].jpeg and previews[kept].sha256

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import replace
 
-from pipeline import run as runner
+from pipeline import runs as runner
 from pipeline.estimate import estimate, render
 from pipeline.images import Prepared, prepare
 from pipeline.limits import load_catalog

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline import run as runner
+from pipeline import runs as runner
 from tests import files
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from pipeline import run as runner
+from pipeline import runs as runner
 from pipeline.resources import sql_text
 from tests import files
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline import run as runner
+from pipeline import runs as runner
 from pipeline.config import ConfigError
 from tests import files
 

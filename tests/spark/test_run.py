@@ -8,7 +8,7 @@ from pathlib import Path
 from chispa import assert_df_equality
 from pyspark.sql import functions as F
 
-from pipeline import run as runner
+from pipeline import runs as runner
 from pipeline import sink
 from pipeline.local_endpoint import Faults
 from tests import files
@@ -173,8 +173,10 @@ def test_a_worse_outcome_never_replaces_a_paid_answer(spark, serve, run_config, 
 def test_the_token_never_reaches_a_plan_a_table_or_a_log(
     spark, serve, run_config, tmp_path, capfd
 ) -> None:
+    from pipeline.asking import CallPlan
+    from pipeline.client import ClientSettings
     from pipeline.spark import spark_log_path
-    from pipeline.udfs import CallPlan, caption_udf
+    from pipeline.udfs import ANSWERED, ask_in_tasks
 
     folder = tmp_path / "in"
     folder.mkdir()
@@ -184,10 +186,10 @@ def test_the_token_never_reaches_a_plan_a_table_or_a_log(
     cfg = run_config(folder)
     runner.run(cfg, creds, spark, progress=print)
 
-    plan = CallPlan(replace(runner.ClientSettings(endpoint.url, creds, 1, 1, 1)),
-                    cfg.prompt_spec(), None, 1)
-    df = spark.createDataFrame([(b"x", "image/jpeg", 1)], "image binary, mime string, t int")
-    query = df.select(caption_udf(plan)("image", "mime", "t"))
+    plan = CallPlan(ClientSettings(endpoint.url, creds, 1, 1, 1), cfg.prompt_spec(), None, 1)
+    df = spark.createDataFrame([("p", b"x", "image/jpeg", 1)],
+                               "path string, image binary, mime string, estimated_image_tokens int")
+    query = df.mapInPandas(ask_in_tasks(plan), ANSWERED)
     query.explain(extended=True)  # printed: captured below with the run's own output
     plans = query._jdf.queryExecution().toString()
     texts = [plans, table(spark, cfg).toPandas().to_json(),

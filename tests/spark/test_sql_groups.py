@@ -6,9 +6,10 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from pipeline import notebook, sink, sql_path
-from pipeline import run as runner
+from pipeline import notebook, sink
+from pipeline import runs as runner
 from pipeline.resources import sql_text
+from pipeline.runs import sql as sql_path
 from tests import files
 from tests.spark.test_groups import product_folder
 
@@ -66,7 +67,7 @@ def test_both_paths_write_the_same_groups_and_skip_each_others(
     assert "HTTP 400" in e.error_message and e.error_message.endswith(" (part 2 of 2)")
     assert e.answer is None and e.part_answers[0] and e.part_answers[1] is None
     # Estimated for the part that answered only: five images and the prompt, then its answer.
-    params = sql_path.group_parameters(runner.context(sql, spark, creds, sink.Tables("t", "r")))
+    params = sql_path.group_parameters(runner.context(sql, creds, sink.Tables("t", "r")))
     prompt = params["image_tokens"] * 5 + math.ceil(len(params["prompt"]) / 4)
     assert (e.prompt_tokens, e.usage_source) == (prompt, "estimated")
     assert e.completion_tokens == math.ceil(len(e.part_answers[0]) / 4)
@@ -114,14 +115,14 @@ def test_the_group_template_merges_like_merge_groups() -> None:
 def test_every_marker_of_the_group_template_is_bound(run_config, tmp_path) -> None:
     tables = sink.Tables("c", "c_runs")
     cfg = run_config(tmp_path, mode="sql", group_by=r"/(sku-\d+)/")
-    ctx = runner.context(cfg, None, None, tables)
+    ctx = runner.context(cfg, None, tables)
     bound = sql_path.group_parameters(ctx)
     assert set(bound) == notebook.markers(sql_text(sql_path.GROUP_TEMPLATE))
     assert bound["group_pattern"] == r"/(sku-\d+)/" and bound["groups_table"] == "c_groups"
     assert bound["max_images"] == ctx.family.max_images_per_request
     assert bound["prompt"] == cfg.group_prompt
     folder = replace(cfg, group_by="folder")
-    assert sql_path.group_parameters(runner.context(folder, None, None, tables))[
+    assert sql_path.group_parameters(runner.context(folder, None, tables))[
         "group_pattern"] == sql_path.FOLDER_PATTERN
-    single = runner.context(replace(cfg, group_by=None), None, None, tables)
+    single = runner.context(replace(cfg, group_by=None), None, tables)
     assert set(sql_path.parameters(single)) == notebook.markers(sql_text(sql_path.TEMPLATE))

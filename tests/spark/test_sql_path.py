@@ -10,7 +10,7 @@ from pathlib import Path
 from chispa import assert_df_equality
 
 from pipeline import notebook
-from pipeline import run as runner
+from pipeline import runs as runner
 from pipeline.local_endpoint import Faults
 from pipeline.resources import sql_dir, sql_text
 from tests import files

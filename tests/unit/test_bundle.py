@@ -212,11 +212,17 @@ def test_the_report_is_written_outside_the_watched_volume() -> None:
         assert not report.startswith(watched), f"{target}: the report would trigger a run"
 
 
+CAPTION_TASKS = ("caption_serverless", "caption_cluster")
+REPORT_TASKS = ("report_serverless", "report_cluster")
+
+
 def test_caption_task_retries_and_failures_are_reported_through_variables() -> None:
-    caption = task(PYTHON_JOB, "caption")
-    assert caption["max_retries"] >= 1
-    assert caption["min_retry_interval_millis"] > 0
-    assert caption["retry_on_timeout"] is True  # a retry resumes; a timeout is no reason to stop
+    for key in CAPTION_TASKS:
+        caption = task(PYTHON_JOB, key)
+        assert caption["max_retries"] >= 1
+        assert caption["min_retry_interval_millis"] > 0
+        # A retry resumes; a timeout is no reason to stop.
+        assert caption["retry_on_timeout"] is True
     for key in (PYTHON_JOB, SQL_JOB):
         _, job = jobs()[key]
         assert job["email_notifications"] == {"on_failure": "${var.failure_emails}"}
@@ -225,20 +231,61 @@ def test_caption_task_retries_and_failures_are_reported_through_variables() -> N
             assert root()["variables"][name]["type"] == "complex"
 
 
-def test_the_job_cluster_runs_spark_4() -> None:
+def test_serverless_is_the_default_and_a_condition_picks_one_branch() -> None:
+    _, job = jobs()[PYTHON_JOB]
+    assert root()["variables"]["compute"]["default"] == "serverless"
+    assert job["parameters"] == [{"name": "compute", "default": "${var.compute}"}]
+    choose = task(PYTHON_JOB, "choose_compute")["condition_task"]
+    assert choose == {"op": "EQUAL_TO", "left": "{{job.parameters.compute}}",
+                      "right": "serverless"}
+    outcome = {t["task_key"]: t["depends_on"] for t in job["tasks"] if "depends_on" in t}
+    assert outcome["caption_serverless"] == [{"task_key": "choose_compute", "outcome": "true"}]
+    assert outcome["caption_cluster"] == [{"task_key": "choose_compute", "outcome": "false"}]
+    assert outcome["report_serverless"] == [{"task_key": "caption_serverless"}]
+    assert outcome["report_cluster"] == [{"task_key": "caption_cluster"}]
+
+
+def test_serverless_tasks_have_an_environment_and_no_cluster() -> None:
+    _, job = jobs()[PYTHON_JOB]
+    (environment,) = job["environments"]
+    assert environment["spec"]["dependencies"] == ["../../dist/*.whl"]
+    for key in ("caption_serverless", "report_serverless"):
+        t = task(PYTHON_JOB, key)
+        assert t["environment_key"] == environment["environment_key"]
+        assert "job_cluster_key" not in t and "libraries" not in t and "new_cluster" not in t
+
+
+def test_the_job_cluster_runs_spark_4_and_autoscales() -> None:
     _, job = jobs()[PYTHON_JOB]
     (cluster,) = job["job_clusters"]
     spec = cluster["new_cluster"]
     assert spec["spark_version"] == "${var.spark_version}"
     assert spec["node_type_id"] == "${var.node_type_id}"
+    assert spec["autoscale"] == {"min_workers": "${var.min_workers}",
+                                 "max_workers": "${var.max_workers}"}
+    assert "num_workers" not in spec
+    assert spec["data_security_mode"] == "SINGLE_USER"  # dedicated: UDFs reach the network
     assert root()["variables"]["spark_version"]["default"].startswith("17.")
-    assert all(t["job_cluster_key"] == cluster["job_cluster_key"] for t in job["tasks"])
+    for target in TARGETS:
+        values = variables(target)
+        assert 1 <= int(values["min_workers"]) <= int(values["max_workers"])
+    for key in ("caption_cluster", "report_cluster"):
+        t = task(PYTHON_JOB, key)
+        assert t["job_cluster_key"] == cluster["job_cluster_key"]
+        assert "environment_key" not in t
+
+
+def test_both_branches_run_the_same_scripts_with_the_same_parameters() -> None:
+    for pair in (CAPTION_TASKS, REPORT_TASKS):
+        serverless, cluster = (task(PYTHON_JOB, key)["spark_python_task"] for key in pair)
+        assert serverless == cluster
 
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_caption_task_parameters_are_flags_the_cli_accepts(target: str) -> None:
     job_entry = load_script(REPO / "jobs" / "caption_images.py")
-    params = resolve(task(PYTHON_JOB, "caption")["spark_python_task"]["parameters"], target)
+    params = resolve(task(PYTHON_JOB, "caption_cluster")["spark_python_task"]["parameters"],
+                     target)
     flags, run_args = job_entry.job_flags().parse_known_args(job_entry.drop_unset(params))
     args = cli.build_parser().parse_args(["run", *run_args])
     cfg = config.build({k: getattr(args, k, None) for k in config.FIELDS})
@@ -258,7 +305,8 @@ def test_caption_task_parameters_are_flags_the_cli_accepts(target: str) -> None:
 
 
 def test_report_task_parameters_are_flags_the_cli_accepts() -> None:
-    params = resolve(task(PYTHON_JOB, "report")["spark_python_task"]["parameters"], "prod")
+    params = resolve(task(PYTHON_JOB, "report_cluster")["spark_python_task"]["parameters"],
+                     "prod")
     args = cli.build_parser().parse_args(["report", *params])
     assert args.table == resolve("${var.catalog}.${var.schema}.${var.table_name}", "prod")
     assert args.out == variables("prod")["report_path"]
@@ -284,6 +332,12 @@ def task_paths() -> Iterator[tuple[str, Path]]:
                 for kind in ("requirements", "whl"):
                     if kind in library:
                         yield f"{where}.libraries.{kind}", doc.path.parent / library[kind]
+            for environment in job.get("environments", []):
+                if environment["environment_key"] == t.get("environment_key"):
+                    for dependency in environment["spec"].get("dependencies", []):
+                        if dependency.endswith(".whl"):
+                            yield f"{where}.environment.libraries.whl", \
+                                doc.path.parent / dependency
 
 
 def test_every_file_a_task_points_to_exists() -> None:

@@ -10,6 +10,7 @@ from email.utils import format_datetime
 
 import pytest
 
+from pipeline.asking import CallPlan
 from pipeline.auth import Secret, static
 from pipeline.client import (
     AdaptiveLimit,
@@ -19,7 +20,6 @@ from pipeline.client import (
     retry_after_seconds,
 )
 from pipeline.payloads import PromptSpec
-from pipeline.udfs import CallPlan
 
 
 def test_retry_after_in_seconds_and_as_an_http_date() -> None:

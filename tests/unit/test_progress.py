@@ -20,12 +20,20 @@ def test_a_batch_line_says_batches_files_speed_and_errors_so_far() -> None:
     line = progress.update("batch", running(), pending=100, batches=4, batch=2,
                            files_done=50).line()
     assert line == ("batch 2/4: 50/100 files, 45 ok, 3 invalid, 2 failed "
-                    "(corrupt_image 3, timeout 2); 4.0 images/s")
+                    "(corrupt_image 3, timeout 2); 4.0 images/s since the start, 12.5 s")
+
+
+def test_batches_of_whole_groups_are_counted_as_an_estimate() -> None:
+    update = progress.update("batch", running(), pending=100, batches=4, batch=5,
+                             files_done=100, approximate=True)
+    assert update.line().startswith("batch 5/~4: 100/100 files")
+    planned = progress.update("planned", running(), pending=100, batches=4, approximate=True)
+    assert "100 to process in about 4 batch(es)" in planned.line()
 
 
 def test_the_plan_line_says_what_is_left() -> None:
     line = str(progress.update("planned", running(), pending=100, batches=4))
-    assert line == "120 files listed, 20 already done, 100 to process in 4 batch(es)"
+    assert line == "120 files listed, 20 already done, 100 to process in 4 batch(es) (12.5 s)"
 
 
 def test_structured_lines_are_json_with_the_same_facts(capsys) -> None:

@@ -12,7 +12,6 @@ it wrote (`summarize_groups`): each file of a group counts under its group's sta
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -20,12 +19,13 @@ from typing import Any
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from pipeline import sink, source, sql_functions
+from pipeline import sink, sql_functions
 from pipeline.config import GROUP_BY_FOLDER
 from pipeline.images import target_size
 from pipeline.packing import request_room
 from pipeline.resources import sql_text
-from pipeline.run import RunContext, RunResult
+from pipeline.runs.context import RunContext, RunResult
+from pipeline.source import InputError, Listing
 from pipeline.spark import on_databricks
 
 TEMPLATE = "caption_files.sql"
@@ -88,13 +88,17 @@ def group_parameters(ctx: RunContext) -> dict[str, Any]:
 
 
 def caption(
-    spark: SparkSession, ctx: RunContext, result: RunResult, progress: Callable[[str], None]
+    spark: SparkSession, ctx: RunContext, listing: Listing, result: RunResult,
+    progress: Callable[[str], None]
 ) -> None:
-    result.listed = source.list_files(spark, ctx.config.input).count()
+    """One statement: list, refuse, ask and MERGE, all in the template; then the totals from
+    what it wrote (it says nothing of what it skipped, so the rest of the listing was)."""
+    assert ctx.tables is not None and ctx.client is not None
+    result.listed = listing.files.count()
     if result.listed == 0:
-        raise source.InputError(f"--input {ctx.config.input} holds no files")
+        raise InputError(f"--input {ctx.config.input} holds no files")
     if not on_databricks():
-        sql_functions.register(spark, ctx.plan_client.credentials, ctx.config)
+        sql_functions.register(spark, ctx.client.credentials, ctx.config)
     grouped = ctx.config.group_by is not None
     if grouped:
         sink.ensure_groups(spark, ctx.tables)
@@ -102,16 +106,45 @@ def caption(
         TEMPLATE, parameters(ctx))
     by = f", --group-by {ctx.config.group_by}" if grouped else ""
     progress(f"{result.listed} files listed; captioning with ai_query ({template}{by})")
-    began = time.perf_counter()
+    began = result.tick()
     spark.sql(sql_text(template), args=args)
-    result.seconds = time.perf_counter() - began
+    result.timeline.append((1, "statement", began, result.tick()))
     if grouped:
         summarize_groups(spark, ctx, result)
+    else:
+        summarize(spark, ctx, result)
+    result.skipped = result.listed - result.written
+
+
+def summarize(spark: SparkSession, ctx: RunContext, result: RunResult) -> None:
+    """Run totals from the rows this run wrote (sql/summarize_run.sql)."""
+    assert ctx.tables is not None
+    rows = spark.sql(
+        sql_text("summarize_run.sql"), args={"table": ctx.tables.captions, "run_id": ctx.run_id}
+    ).collect()
+    result.statuses, result.error_classes = Counter(), Counter()
+    for r in rows:
+        if r["is_total"]:
+            continue
+        result.statuses[r["status"]] += r["files"]
+        if r["error_class"]:
+            result.error_classes[r["error_class"]] += r["files"]
+    total = next((r for r in rows if r["is_total"]), None)
+    if total is None or not total["files"]:
+        return
+    result.requests, result.retries = int(total["requests"]), int(total["retries"])
+    result.prompt_tokens = int(total["prompt_tokens"])
+    result.completion_tokens = int(total["completion_tokens"])
+    result.total_tokens = int(total["total_tokens"])
+    if total["latency_p50_ms"] is not None:
+        result.latency_p50_ms = float(total["latency_p50_ms"])
+        result.latency_p95_ms = float(total["latency_p95_ms"])
 
 
 def summarize_groups(spark: SparkSession, ctx: RunContext, result: RunResult) -> None:
     """Run totals from the groups this run wrote: files counted by their group's status,
     requests as the parts asked (ai_query does not report retries or latency)."""
+    assert ctx.tables is not None
     rows = (
         spark.table(ctx.tables.groups)
         .filter(F.col("run_id") == ctx.run_id)

@@ -1,0 +1,251 @@
+"""Asking the endpoint: one image, a pack of independent images, or a group, and the answer
+rows each gives. No Spark here: the same code runs inside a Spark task (the executor caller)
+and on the driver (the driver caller), each with its own `CaptionClient`.
+
+A `CallPlan` is the small, picklable descriptor of how to ask: the client settings (the
+secret inside prints as `Secret(****)`), the prompt, how images travel (alone, packed K at a
+time, or as groups) and how the run's concurrency budget is shared by the tasks that ask.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import math
+import threading
+from collections.abc import Coroutine, Iterable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass, replace
+from typing import Any, NamedTuple
+
+from pipeline.client import CallResult, CaptionClient, ClientSettings
+from pipeline.packing import apportion_usage, packed_spec, parse_packed, request_room, split
+from pipeline.payloads import PromptSpec, Usage, caption_parser, chat_body, encode
+
+# The answer fields of one image (the captions table's, plus `throttled` for the totals).
+CAPTIONED = ("status", "caption", "response_json", "prompt_tokens", "completion_tokens",
+             "total_tokens", "usage_source", "attempts", "latency_ms", "error_class",
+             "error_message", "throttled", "request_share")
+# One request of a group: which images it carried, then its answer.
+GROUP_PART = ("group_key", "part", "paths", "tokens", *CAPTIONED)
+
+# A packed request that fails these ways is asked again one image at a time: the images may
+# well be fine alone (an answer that does not map, a request the endpoint refused). Other
+# failures (throttling, timeouts, server errors after every retry) would only repeat.
+FALL_BACK = {"bad_response", "rejected"}
+
+
+class Member(NamedTuple):
+    """One prepared image on its way to the endpoint."""
+
+    path: str
+    mime: str
+    image: bytes
+    tokens: int  # estimated image tokens (the family's formula on what is sent)
+    group_key: str | None = None
+
+
+@dataclass(frozen=True)
+class CallPlan:
+    """How a run asks: the request shape, and the share of the budget each asking task gets."""
+
+    client: ClientSettings  # with concurrency and rpm for the whole run
+    spec: PromptSpec
+    model: str | None  # sent as `model` for OpenAI-style URLs
+    tasks: int = 1  # Spark tasks that ask at once (1 on the driver)
+    images_per_request: int = 1  # K > 1 packs K independent images into each request
+    max_request_bytes: int = 0  # the family's limit, for packs and groups
+    group_images: int = 0  # > 0: members arrive by group, at most this many per request
+
+    def for_partition(self, partition: int) -> ClientSettings:
+        budget, tasks = self.client.concurrency, self.tasks
+        share = budget // tasks + (1 if partition % tasks < budget % tasks else 0)
+        rpm = self.client.rpm / tasks if self.client.rpm else None
+        return replace(self.client, concurrency=max(1, share), rpm=rpm)
+
+    @functools.cached_property
+    def room(self) -> tuple[int, int]:
+        spec = self.spec if self.group_images else packed_spec(self.spec,
+                                                               self.images_per_request)
+        return request_room(spec, self.max_request_bytes, self.model)
+
+    def units(self, members: Iterable[Member]) -> Iterator[list[Member]]:
+        """What each request carries, from members in arrival order: a whole group (members
+        sorted by group), a pack of up to K images that fits a request, or one image."""
+        if self.group_images:
+            yield from _by_group(members)
+            return
+        if self.images_per_request == 1:
+            for member in members:
+                yield [member]
+            return
+        buffer: list[Member] = []
+        for member in members:
+            buffer.append(member)
+            if len(buffer) == self.images_per_request:
+                yield from self._packs(buffer)
+                buffer = []
+        if buffer:
+            yield from self._packs(buffer)
+
+    def _packs(self, members: list[Member]) -> Iterator[list[Member]]:
+        room, per_image = self.room
+        for part in split([len(m.image) for m in members], self.images_per_request, room,
+                          per_image):
+            yield [members[i] for i in part]
+
+    async def ask(self, client: CaptionClient, unit: list[Member]) -> list[dict[str, Any]]:
+        """Answer rows for one unit: GROUP_PART rows for a group, else one row per image
+        (its `path` and the CAPTIONED fields)."""
+        if self.group_images:
+            return await ask_group(client, self, unit[0].group_key or "", unit)
+        rows = await ask(client, self, [(m.mime, m.image) for m in unit],
+                         [m.tokens for m in unit])
+        return [{**row, "path": m.path} for row, m in zip(rows, unit, strict=True)]
+
+
+def _by_group(members: Iterable[Member]) -> Iterator[list[Member]]:
+    group: list[Member] = []
+    for member in members:
+        if group and member.group_key != group[0].group_key:
+            yield group
+            group = []
+        group.append(member)
+    if group:
+        yield group
+
+
+def failed_row(result: CallResult, images: int = 1) -> dict:
+    """A CAPTIONED row for a request that got no usable answer; `images` shared it."""
+    return {
+        "status": "failed", "caption": None, "response_json": None,
+        "prompt_tokens": None, "completion_tokens": None, "total_tokens": None,
+        "usage_source": None, "attempts": result.attempts, "latency_ms": result.latency_ms,
+        "error_class": result.error_class, "error_message": result.error_message,
+        "throttled": result.throttled, "request_share": result.attempts / images,
+    }
+
+
+def caption_row(result: CallResult, spec: PromptSpec, image_tokens: int) -> dict:
+    if not result.ok:
+        return failed_row(result)
+    answer = result.answer
+    usage, source = answer.usage, "endpoint"
+    if usage.prompt_tokens is None or usage.completion_tokens is None:
+        prompt = image_tokens + math.ceil(len(spec.prompt) / 4)
+        completion = math.ceil(len(answer.response_json or answer.caption) / 4)
+        usage, source = type(usage)(prompt, completion, prompt + completion), "estimated"
+    return {
+        "status": "ok", "caption": answer.caption, "response_json": answer.response_json,
+        "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens
+        if usage.total_tokens is not None
+        else usage.prompt_tokens + usage.completion_tokens,
+        "usage_source": source, "attempts": result.attempts, "latency_ms": result.latency_ms,
+        "error_class": None, "error_message": None, "throttled": result.throttled,
+        "request_share": float(result.attempts),
+    }
+
+
+async def ask(
+    client: CaptionClient,
+    plan: CallPlan,
+    images: list[tuple[str, bytes]],
+    tokens: list[int],
+    alone: bool = False,
+) -> list[dict]:
+    """CAPTIONED rows for `images`, asked in one request: with one answer for them all (one
+    image, or `alone` for a group's images and prompt), or packed with an answer per image
+    index. A packed answer that does not map one-to-one is asked again image by image; what
+    the packed request cost is shared over its images either way."""
+    spec = plan.spec
+    structured = spec.response_schema is not None
+    if len(images) == 1 or alone:
+        body = encode(chat_body(spec, images, plan.model))
+        result = await client.call(body, caption_parser(spec.caption_field, structured))
+        return [caption_row(result, spec, sum(tokens))]
+    count = len(images)
+    body = encode(chat_body(packed_spec(spec, count), images, plan.model))
+    result = await client.call(body, functools.partial(parse_packed, count=count, spec=spec))
+    packed = result.answer
+    if packed is not None and packed.answers is not None:
+        shares = apportion_usage(packed.usage, tokens)
+        return [
+            _packed_row(result, spec, answer, share, token, count)
+            for answer, share, token in zip(packed.answers, shares or [None] * count, tokens,
+                                            strict=True)
+        ]
+    if not result.ok and result.error_class not in FALL_BACK:
+        return [failed_row(result, count) for _ in images]
+    singles = await asyncio.gather(*(ask(client, plan, [image], [t])
+                                     for image, t in zip(images, tokens, strict=True)))
+    paid = apportion_usage(packed.usage, tokens) if packed is not None else None
+    return [
+        _with_packed_attempt(rows[0], result, count, paid[i] if paid else None)
+        for i, rows in enumerate(singles)
+    ]
+
+
+def _packed_row(
+    result: CallResult, spec: PromptSpec, answer, share: Usage | None, token: int, count: int
+) -> dict:
+    """A row answered inside a packed request: its answer, its share of the usage."""
+    single = CallResult(replace(answer, usage=share or Usage(None, None, None)), None, None,
+                        result.attempts, result.latency_ms, result.throttled)
+    row = caption_row(single, spec, token)
+    if share is not None:
+        row["usage_source"] = "apportioned"
+    row["request_share"] = result.attempts / count
+    return row
+
+
+def _with_packed_attempt(row: dict, packed: CallResult, count: int, paid: Usage | None) -> dict:
+    """A row asked alone after its packed request did not map: it also took part in that
+    request, and carries its share of what that request cost."""
+    row = {**row, "attempts": row["attempts"] + packed.attempts,
+           "request_share": row["request_share"] + packed.attempts / count,
+           "throttled": row["throttled"] + packed.throttled}
+    if paid is not None:
+        for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
+            row[key] = (row[key] or 0) + getattr(paid, key)
+        row["usage_source"] = "apportioned"
+    return row
+
+
+async def ask_group(
+    client: CaptionClient, plan: CallPlan, key: str, members: list[Member]
+) -> list[dict]:
+    """GROUP_PART rows for one group's members, in path order: one request with the group
+    prompt, or several when the model's limits say so."""
+    room, per_image = plan.room
+    parts = split([len(m.image) for m in members], plan.group_images, room, per_image)
+
+    async def one(number: int, indexes: list[int]) -> dict:
+        chosen = [members[i] for i in indexes]
+        tokens = [int(m.tokens) for m in chosen]
+        row = (await ask(client, plan, [(m.mime, m.image) for m in chosen], [sum(tokens)],
+                         alone=True))[0]
+        return {**row, "group_key": key, "part": number, "paths": [m.path for m in chosen],
+                "tokens": tokens}
+
+    return list(await asyncio.gather(*(one(n, ix) for n, ix in enumerate(parts, 1))))
+
+
+class LoopThread:
+    """An asyncio loop in a daemon thread, so synchronous code (a UDF iterator, the driver's
+    batch loop) can hand it coroutines and wait for their results."""
+
+    def __enter__(self) -> LoopThread:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True,
+                                       name="vision-batch-requests")
+        self.thread.start()
+        return self
+
+    def submit(self, coro: Coroutine[Any, Any, Any]) -> Future:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def __exit__(self, *exc: object) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+        self.loop.close()

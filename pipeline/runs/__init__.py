@@ -1,0 +1,195 @@
+"""One caption run: list, skip what is done, then batches through the shared loop, or the SQL
+path's one statement; a row in the runs table at the end.
+
+    runs/context.py   the settings every part needs, and the run's totals
+    runs/plan.py      listing -> files left -> a stream of batches (single files or groups)
+    runs/prepare.py   the prepare stage: read and prepare a batch on the executors
+    runs/callers.py   where requests are sent from: the executors or the driver
+    runs/loop.py      prepare ▸ ask ▸ commit, overlapped across batches
+    runs/single.py    the path of single images (alone or packed)
+    runs/grouped.py   the path of groups (--group-by)
+    runs/rows.py      the captions-table rows a batch writes
+    runs/sql.py       --mode sql: the templates in sql/, one statement
+
+Imports go one way: this module uses the others; the paths use plan, prepare, rows and
+callers; nothing imports back.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
+
+from pyspark.sql import SparkSession
+
+from pipeline import sink, source
+from pipeline.auth import Credentials
+from pipeline.config import RunConfig
+from pipeline.progress import Update, terminal, update
+from pipeline.runs import loop, sql
+from pipeline.runs.callers import DriverCaller, ExecutorCaller
+from pipeline.runs.context import RunContext, RunResult, context
+from pipeline.runs.grouped import Grouped
+from pipeline.runs.single import Singles
+from pipeline.spark import executors_reach_network, get_spark, is_local
+
+__all__ = ["RunContext", "RunResult", "context", "run"]
+
+
+def run(
+    config: RunConfig,
+    credentials: Credentials,
+    spark: SparkSession | None = None,
+    progress: Callable[[Update | str], None] = terminal,
+    started: float | None = None,
+) -> RunResult:
+    """Caption `config.input` into `config.table`. `started` is when the command began
+    (epoch seconds): every duration the run reports counts from there."""
+    started = time.time() if started is None else started
+    ctx = context(config, credentials)  # settings errors come before Spark starts
+    before_spark = time.time()
+    spark = spark or get_spark(kind=config.spark)
+    spark_seconds = time.time() - before_spark
+    # The table and the listing do not depend on each other, and each pays a first-use cost
+    # in a fresh JVM (Delta's classes; the scan and the Python workers): side by side.
+    with ThreadPoolExecutor(2, thread_name_prefix="vision-batch-start") as pool:
+        tables = pool.submit(_timed, _tables, spark, config.table)
+        listed = pool.submit(_timed, source.list_files, spark, config.input or "")
+        (made, tables_span), (listing, listing_span) = tables.result(), listed.result()
+    ctx = replace(ctx, tables=made)
+    assert ctx.tables is not None
+    result = RunResult(ctx.run_id, ctx.tables.display, started=started,
+                       spark_seconds=spark_seconds)
+    result.timeline += [(0, "spark", before_spark - started, before_spark - started
+                         + spark_seconds),
+                        (0, "tables", *(t - started for t in tables_span)),
+                        (0, "listing", *(t - started for t in listing_span))]
+    recorder = Recorder(spark, ctx, result)
+    try:
+        if listing.note:
+            progress(listing.note)
+        if config.mode == "sql":
+            recorder.start().result()
+            sql.caption(spark, ctx, listing, result, progress)
+        else:
+            _batches(spark, ctx, listing, result, progress, recorder)
+        result.status = "succeeded"
+    except BaseException as exc:
+        result.status = "failed"
+        message = str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__
+        try:
+            recorder.finish(message)
+        except Exception:  # the run's own failure is the one to report
+            pass
+        raise
+    recorder.finish(None)
+    return result
+
+
+def _timed(action, *args):
+    """`action(*args)` and when it began and ended (epoch seconds)."""
+    began = time.time()
+    return action(*args), (began, time.time())
+
+
+def _tables(spark: SparkSession, table: str) -> sink.Tables:
+    tables = sink.resolve(spark, table)
+    sink.ensure_runs(spark, tables)
+    return tables
+
+
+def _batches(spark: SparkSession, ctx: RunContext, listing: source.Listing, result: RunResult,
+             progress: Callable[[Update | str], None], recorder: Recorder) -> None:
+    path = Grouped(spark, ctx) if ctx.config.group_by is not None else Singles(spark, ctx)
+    began = result.tick()
+    plan = path.plan(listing)
+    result.listed, result.skipped = plan.listed, plan.skipped
+    result.timeline.append((0, "plan", began, result.tick()))
+    detail = (f", {plan.groups} group(s) by {ctx.config.group_by!r}"
+              if plan.groups is not None else "")
+    progress(update("planned", result, plan.pending, plan.batches, detail=detail,
+                    approximate=plan.approximate))
+    if not plan.pending:
+        return
+    started = recorder.start()
+    with caller_for(spark, ctx, path.by_group) as caller:
+        loop.drive(path, plan, caller, result, progress, before_asking=started)
+
+
+def caller_for(spark: SparkSession, ctx: RunContext,
+               by_group: bool) -> ExecutorCaller | DriverCaller:
+    """The caller `--caller` names. `auto` asks from the driver where the executors cannot
+    reach the network (serverless) and where they are this same machine (local mode: a
+    Spark job per batch would only add its start and hold a slot), from the executors on a
+    cluster."""
+    plan = ctx.call_plan(ctx.family.max_images_per_request if by_group else 0)
+    kind = ctx.config.caller
+    if kind == "auto":
+        remote = is_local(spark) or not executors_reach_network(spark)
+        kind = "driver" if remote else "executors"
+    return DriverCaller(spark, plan) if kind == "driver" else ExecutorCaller(spark, plan)
+
+
+# Writes that go on beside the run (the runs-table row that says it started).
+_background = ThreadPoolExecutor(1, thread_name_prefix="vision-batch-record")
+
+
+class Recorder:
+    """The run's row in the runs table: `running` once there is work (so a killed run stays
+    visible as one that never finished), then its totals. A run with nothing to do writes
+    one row, at the end."""
+
+    def __init__(self, spark: SparkSession, ctx: RunContext, result: RunResult) -> None:
+        self.spark, self.ctx, self.result = spark, ctx, result
+        self._started: Future | None = None
+
+    def start(self) -> Future:
+        """Write the `running` row in the background, beside the first batch's preparation;
+        the loop asks nothing before it is written. A MERGE, not an append: it pays the
+        JVM's first-MERGE cost (seconds) there, not at the end."""
+        assert self.ctx.tables is not None
+        tables, row = self.ctx.tables, self._row(None)
+        self._started = _background.submit(sink.upsert_run, self.spark, tables, row)
+        return self._started
+
+    def finish(self, error: str | None) -> None:
+        assert self.ctx.tables is not None
+        self.result.tick()
+        self.result.settle_latency()
+        row = self._row(error)
+        if self._started is None:
+            sink.insert_run(self.spark, self.ctx.tables, row)
+            return
+        self._started.result()
+        sink.upsert_run(self.spark, self.ctx.tables, row)
+
+    def _row(self, error: str | None) -> dict:
+        r, ctx = self.result, self.ctx
+        ended = None if r.status == "running" else r.started + r.seconds
+        return {
+            "run_id": ctx.run_id,
+            "started_at": round(r.started * 1e6),
+            "ended_at": None if ended is None else round(ended * 1e6),
+            "status": r.status,
+            "mode": ctx.config.mode,
+            "endpoint": ctx.endpoint,
+            "prompt_id": ctx.prompt_id,
+            "listed": r.listed,
+            "skipped": r.skipped,
+            "ok": r.statuses["ok"],
+            "invalid": r.statuses["invalid"],
+            "failed": r.statuses["failed"],
+            "requests": r.requests,
+            "retries": r.retries,
+            "prompt_tokens": r.prompt_tokens,
+            "completion_tokens": r.completion_tokens,
+            "total_tokens": r.total_tokens,
+            "images_per_s": r.images_per_s,
+            "latency_p50_ms": r.latency_p50_ms,
+            "latency_p95_ms": r.latency_p95_ms,
+            "error_message": error,
+            "config_json": json.dumps(ctx.config.public(), sort_keys=True, default=str),
+        }

@@ -1,0 +1,181 @@
+"""Where the requests are sent from (`--caller executors|driver`).
+
+- executors: a Spark job per batch, whose tasks each ask with a fixed share of the run's
+  concurrency budget (pandas UDFs: the classic-cluster way). Batches are asked one after
+  another, since two jobs at once would each take a full share; the next batch is prepared
+  and the last one committed meanwhile. Each batch pays the job's start (a few tenths of a
+  second) and the drain of its last requests.
+- driver: one async client on the driver for the whole run (for compute whose UDFs cannot
+  reach the network, such as serverless). The prepared images stream to it from the
+  executors' cache a partition at a time, and it holds a bounded window of them; the next
+  batch's images follow as soon as this batch's are handed over, so the budget stays full
+  across batch boundaries.
+
+Both ask through the same `CallPlan` (pipeline/asking.py) and return the same answer rows.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass, replace
+from typing import Any
+
+from pyspark.sql import DataFrame, Row, SparkSession
+
+from pipeline.asking import CallPlan, LoopThread, Member
+from pipeline.client import CaptionClient
+from pipeline.spark import parallelism
+from pipeline.udfs import answer_schema, ask_in_tasks
+
+CALLERS = ("auto", "executors", "driver")
+# Requests in flight one asking task drives comfortably: the client spends about 2 ms of CPU
+# per request, so past this a second task (a second core) shares the work.
+REQUESTS_PER_TASK = 32
+# Images the driver caller holds: those in flight and those waiting for a slot.
+WINDOW_PER_SLOT = 2
+
+
+@dataclass(frozen=True)
+class Ask:
+    """What one batch asks: members (MEMBER_COLUMNS, group_key for groups) and how many
+    requests' worth of work (images or groups) they are."""
+
+    members: DataFrame
+    units: int
+    by_group: bool = False
+
+
+def arrange(ask: Ask, tasks: int | None) -> DataFrame:
+    """The members in `tasks` partitions (or as they are, for None); a group's members
+    together, by path."""
+    if ask.by_group:
+        frame = (ask.members.repartition(tasks, "group_key") if tasks
+                 else ask.members.repartition("group_key"))
+        return frame.sortWithinPartitions("group_key", "path")
+    return ask.members.coalesce(tasks) if tasks else ask.members
+
+
+def completed(rows: list[dict[str, Any]]) -> Future:
+    future: Future = Future()
+    future.set_result(rows)
+    return future
+
+
+class ExecutorCaller:
+    kind = "executors"
+
+    def __init__(self, spark: SparkSession, plan: CallPlan) -> None:
+        self.spark, self.plan = spark, plan
+
+    def __enter__(self) -> ExecutorCaller:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def tasks(self, units: int) -> int:
+        """Asking tasks for a batch: enough cores for the client's CPU, never more than the
+        units of work, and at most half the slots, so preparing and merging go on."""
+        wanted = math.ceil(self.plan.client.concurrency / REQUESTS_PER_TASK)
+        if wanted <= 1 or units <= 1:
+            return 1
+        return max(1, min(wanted, units, parallelism(self.spark) // 2))
+
+    def ask(self, ask: Ask) -> Future:
+        """Runs the batch's asking job; returns its answers when it is done."""
+        tasks = self.tasks(ask.units)
+        plan = replace(self.plan, tasks=tasks)
+        frame = arrange(ask, tasks).mapInPandas(ask_in_tasks(plan), answer_schema(plan))
+        return completed([r.asDict(recursive=True) for r in frame.collect()])
+
+    def cancel(self) -> None:
+        return None
+
+
+class DriverCaller:
+    kind = "driver"
+
+    def __init__(self, spark: SparkSession, plan: CallPlan) -> None:
+        self.spark, self.plan = spark, replace(plan, tasks=1)
+        self.window_size = WINDOW_PER_SLOT * plan.client.concurrency
+        self._window = threading.Semaphore(self.window_size)
+        self._outstanding: set[Future] = set()
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> DriverCaller:
+        self._runner = LoopThread().__enter__()
+        self._client = CaptionClient(self.plan.client)
+        self._runner.submit(self._client.__aenter__()).result()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cancel()
+        try:
+            self._runner.submit(self._client.__aexit__(None, None, None)).result(timeout=10)
+        finally:
+            self._runner.__exit__(None, None, None)
+
+    def ask(self, ask: Ask) -> Future:
+        """Hands the batch's images to the run's client as they stream in; returns once they
+        are all handed over, with a future of the answers."""
+        futures = [self._submit(unit) for unit in self.plan.units(
+            _members(arrange(ask, None).toLocalIterator(prefetchPartitions=True),
+                     ask.by_group))]
+        return gathered(futures)
+
+    def _submit(self, unit: list[Member]) -> Future:
+        held = min(len(unit), self.window_size)  # a group larger than the window still goes
+        for _ in range(held):
+            self._window.acquire()
+        future = self._runner.submit(self.plan.ask(self._client, unit))
+        with self._lock:
+            self._outstanding.add(future)
+
+        def finished(done: Future) -> None:
+            with self._lock:
+                self._outstanding.discard(done)
+            for _ in range(held):
+                self._window.release()
+
+        future.add_done_callback(finished)
+        return future
+
+    def cancel(self) -> None:
+        """Stop asking: the requests not yet answered are cancelled."""
+        with self._lock:
+            outstanding = list(self._outstanding)
+        for future in outstanding:
+            future.cancel()
+
+
+def _members(rows: Iterable[Row], by_group: bool) -> Iterator[Member]:
+    for r in rows:
+        yield Member(r["path"], r["mime"], bytes(r["image"]), int(r["estimated_image_tokens"]),
+                     r["group_key"] if by_group else None)
+
+
+def gathered(futures: list[Future]) -> Future:
+    """One future of all the answers, in order, once every request has finished."""
+    if not futures:
+        return completed([])
+    gathered: Future = Future()
+    remaining = [len(futures)]
+    lock = threading.Lock()
+
+    def one_done(_: Future) -> None:
+        with lock:
+            remaining[0] -= 1
+            last = remaining[0] == 0
+        if not last:
+            return
+        try:
+            gathered.set_result([row for f in futures for row in f.result()])
+        except BaseException as exc:  # a cancelled request, or one that raised
+            gathered.set_exception(exc)
+
+    for future in futures:
+        future.add_done_callback(one_done)
+    return gathered

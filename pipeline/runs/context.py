@@ -1,0 +1,182 @@
+"""What every part of a run shares: the settings resolved once (`RunContext`) and the totals
+that grow batch by batch (`RunResult`), counted from the rows in hand, never by a Spark job."""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from array import array
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyspark.sql import Column
+from pyspark.sql import functions as F
+
+from pipeline import sink
+from pipeline.asking import CallPlan
+from pipeline.auth import Credentials
+from pipeline.client import ClientSettings
+from pipeline.config import ConfigError, RunConfig
+from pipeline.limits import Catalog, ModelFamily, load_catalog
+from pipeline.payloads import PromptSpec, image_byte_budget
+
+DONE_STATUSES = ("ok", "invalid")
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What every batch needs, resolved once on the driver."""
+
+    config: RunConfig
+    catalog: Catalog
+    family: ModelFamily
+    spec: PromptSpec
+    tables: sink.Tables | None  # None for a dry run over a table that does not exist yet
+    run_id: str
+    client: ClientSettings | None = None  # None for a dry run: no requests
+
+    @property
+    def endpoint(self) -> str:
+        return self.config.endpoint or ""
+
+    @property
+    def prompt_id(self) -> str:
+        return self.spec.prompt_id
+
+    @property
+    def model(self) -> str | None:
+        return None if "{endpoint}" in self.config.chat_path else self.endpoint
+
+    @property
+    def asked_here(self) -> Column:
+        """Rows of a captions or groups table that answer this run's endpoint and prompt."""
+        return (F.col("endpoint") == self.endpoint) & (F.col("prompt_id") == self.prompt_id)
+
+    @property
+    def image_budget(self) -> int:
+        return image_byte_budget(
+            self.spec, self.family.max_request_bytes, self.family.max_image_bytes, self.model
+        )
+
+    def call_plan(self, group_images: int = 0) -> CallPlan:
+        assert self.client is not None, "a dry run makes no requests"
+        return CallPlan(self.client, self.spec, self.model,
+                        images_per_request=self.config.images_per_request,
+                        max_request_bytes=self.family.max_request_bytes,
+                        group_images=group_images)
+
+
+def chat_url(config: RunConfig, host: str) -> str:
+    return host.rstrip("/") + config.chat_path.replace("{endpoint}", config.endpoint or "")
+
+
+def context(
+    config: RunConfig,
+    credentials: Credentials | None = None,
+    tables: sink.Tables | None = None,
+) -> RunContext:
+    catalog = load_catalog(config.models_file)
+    client = None
+    if credentials is not None:
+        client = ClientSettings(
+            url=chat_url(config, credentials.host),
+            credentials=credentials,
+            timeout_s=config.request_timeout,
+            max_attempts=config.max_attempts,
+            concurrency=config.max_concurrency,
+            rpm=config.max_rpm,
+        )
+    family = catalog.family(config.endpoint or "", config.model_family)
+    if config.images_per_request > family.max_images_per_request:
+        raise ConfigError(
+            f"images_per_request is {config.images_per_request}, but {family.name} endpoints "
+            f"take at most {family.max_images_per_request} images per request (conf/models.yml)"
+        )
+    return RunContext(
+        config=config,
+        catalog=catalog,
+        family=family,
+        spec=config.prompt_spec(),
+        tables=tables,
+        run_id=uuid.uuid4().hex,
+        client=client,
+    )
+
+
+@dataclass
+class RunResult:
+    """A run's totals so far. Times are measured from the start of the command, so the
+    summary, the runs table and the report give the same duration."""
+
+    run_id: str
+    table: str
+    started: float = field(default_factory=time.time)  # epoch seconds
+    spark_seconds: float = 0.0  # of which: getting a Spark session
+    listed: int = 0
+    skipped: int = 0
+    statuses: Counter = field(default_factory=Counter)
+    error_classes: Counter = field(default_factory=Counter)
+    requests: int = 0
+    retries: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    latency_p50_ms: float | None = None
+    latency_p95_ms: float | None = None
+    seconds: float = 0.0
+    status: str = "running"
+    # (batch, stage, start, end) in seconds since `started`: where the time went.
+    timeline: list[tuple[int, str, float, float]] = field(default_factory=list)
+    _shares: float = 0.0
+    _retried: float = 0.0
+    _latencies: array = field(default_factory=lambda: array("i"))
+
+    @property
+    def written(self) -> int:
+        return sum(self.statuses.values())
+
+    @property
+    def images_per_s(self) -> float:
+        return self.written / self.seconds if self.seconds else 0.0
+
+    def tick(self) -> float:
+        """Seconds since the command started; kept as the run's duration so far."""
+        self.seconds = time.time() - self.started
+        return self.seconds
+
+    def add(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Count rows written to the captions table, as sql/summarize_run.sql would: requests
+        by each row's share, and cost, retries and latency over the rows that asked."""
+        for row in rows:
+            self.statuses[row["status"]] += 1
+            if row.get("error_class"):
+                self.error_classes[row["error_class"]] += 1
+            attempts = row.get("attempts") or 0
+            share = row.get("request_share")
+            self._shares += attempts if share is None else share
+            if attempts <= 0:
+                continue
+            self._retried += (attempts if share is None else share) * (attempts - 1) / attempts
+            self.prompt_tokens += row.get("prompt_tokens") or 0
+            self.completion_tokens += row.get("completion_tokens") or 0
+            self.total_tokens += row.get("total_tokens") or 0
+            if row.get("latency_ms") is not None:
+                self._latencies.append(int(row["latency_ms"]))
+        self.requests, self.retries = round(self._shares), round(self._retried)
+
+    def settle_latency(self) -> None:
+        """The latency percentiles of the rows counted so far (sorted once, at the end)."""
+        self.latency_p50_ms = _percentile(self._latencies, 0.5)
+        self.latency_p95_ms = _percentile(self._latencies, 0.95)
+
+
+def _percentile(values: array, p: float) -> float | None:
+    """The smallest value with at least `p` of the values at or below it (as Spark's
+    percentile_approx gives for data this small)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return float(ordered[max(0, math.ceil(p * len(ordered)) - 1)])

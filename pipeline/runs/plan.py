@@ -1,0 +1,196 @@
+"""Planning: list the input, skip what is done for this endpoint and prompt, and cut the rest
+into batches.
+
+Every step is parallel: the listing and the table meet in one join, one aggregate counts
+them, and what is left streams to the driver sorted (range-partitioned by path, then sorted
+within each partition), where it is cut into batches as it arrives. Nothing numbers the
+files in one partition, and the driver holds one batch of metadata at a time (and the
+partition it is reading). A run with nothing to do stops after the count: one read of the
+table.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.types import StringType
+
+from pipeline import groups
+from pipeline.runs.context import DONE_STATUSES, RunContext
+from pipeline.source import InputError, Listing
+
+# Range partitions of the stream; each holds about one batch, so the driver reads one at a
+# time. Capped so a plan of a hundred million files does not make a million tiny tasks.
+MAX_STREAM_PARTITIONS = 10_000
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One file to process, as listed."""
+
+    path: str
+    length: int
+    modified_us: int  # modificationTime in epoch microseconds: an exact round trip
+    known: bool  # the table already holds a row for it (this endpoint and prompt)
+    group_key: str | None = None
+    fingerprint: str | None = None  # of its group
+
+
+@dataclass(frozen=True)
+class Batch:
+    number: int  # from 1
+    entries: tuple[Entry, ...]
+
+    @property
+    def new(self) -> bool:
+        """No file of the batch had a row when the run was planned."""
+        return not any(e.known for e in self.entries)
+
+
+@dataclass
+class Plan:
+    listed: int
+    skipped: int
+    batches: int
+    stream: Iterator[Batch]
+    approximate: bool = False  # the batch count is an estimate (whole groups per batch)
+    groups: int | None = None
+    note: str | None = None
+    answers: bool = True  # the table holds `ok` answers to reuse (else no need to look)
+
+    @property
+    def pending(self) -> int:
+        return self.listed - self.skipped
+
+
+def _rows_here(spark: SparkSession, ctx: RunContext) -> DataFrame | None:
+    """This endpoint and prompt's rows of the captions table, one per path."""
+    if ctx.tables is None:
+        return None
+    return (spark.table(ctx.tables.captions).filter(ctx.asked_here)
+            .select("path", "size_bytes", "modified_at", "status", "error_class"))
+
+
+def _with_table(files: DataFrame, rows: DataFrame | None) -> DataFrame:
+    """The listing with `done` (an ok or invalid row for the same size and time) and `known`
+    (any row at all, so the MERGE has something to update)."""
+    if rows is None:
+        return files.select("*", F.lit(False).alias("done"), F.lit(False).alias("known"),
+                            F.lit(None).cast("string").alias("error_class"))
+    joined = files.join(rows, "path", "left")
+    done = (F.col("status").isin(*DONE_STATUSES) & (F.col("size_bytes") == F.col("length"))
+            & (F.col("modified_at") == F.col("modificationTime")))
+    return joined.select("path", "length", "modificationTime",
+                         F.coalesce(done, F.lit(False)).alias("done"),
+                         F.col("status").isNotNull().alias("known"), "error_class")
+
+
+def _counted(joined: DataFrame, input_path: str) -> tuple[int, int]:
+    counts = joined.agg(F.count(F.lit(1)).alias("listed"),
+                        F.sum(F.col("done").cast("long")).alias("done")).first()
+    listed = int(counts["listed"]) if counts else 0
+    if listed == 0:
+        raise InputError(f"--input {input_path} holds no files")
+    return listed, int(counts["done"] or 0)
+
+
+def files(spark: SparkSession, ctx: RunContext, listing: Listing) -> Plan:
+    """Single files (alone or packed): batches of max_files_per_batch files, by path."""
+    joined = _with_table(listing.files, _rows_here(spark, ctx))
+    listed, skipped = _counted(joined, ctx.config.input or "")
+    pending, size = listed - skipped, ctx.config.max_files_per_batch
+    todo = joined.filter(~F.col("done")).select(
+        "path", "length", F.unix_micros("modificationTime").alias("modified_us"), "known")
+    stream = cut(_stream(todo, [F.col("path")], pending, size), size, lambda e: e.path)
+    return Plan(listed, skipped, math.ceil(pending / size), stream, note=listing.note,
+                answers=pending > 0 and _has_answers(spark, ctx))
+
+
+def _has_answers(spark: SparkSession, ctx: RunContext) -> bool:
+    """Whether any file (listed here or not) has an `ok` answer for this endpoint and prompt:
+    without one there is nothing to reuse, and batches need not look (a lookup per batch
+    scans the table)."""
+    rows = _rows_here(spark, ctx)
+    return rows is not None and bool(rows.filter(F.col("status") == "ok").limit(1).count())
+
+
+def grouped(spark: SparkSession, ctx: RunContext, listing: Listing) -> Plan:
+    """Groups (`--group-by`): batches of whole groups, closed once they hold
+    max_files_per_batch files; a group is skipped while its members are unchanged since an
+    answer was recorded (its fingerprint). Files no group takes are recorded once."""
+    assert ctx.tables is not None
+    rule = ctx.config.group_by or ""
+    key_of = F.udf(lambda path: groups.group_key(path, rule), StringType())
+    keyed = listing.files.withColumn("group_key", key_of("path"))
+    stamp = F.concat_ws("|", "path", F.col("length").cast("string"),
+                        F.col("modificationTime").cast("long").cast("string"))
+    fingerprints = (
+        keyed.filter(F.col("group_key").isNotNull())
+        .groupBy("group_key")
+        .agg(F.sha2(F.concat_ws("\n", F.sort_array(F.collect_list(stamp))), 256)
+             .alias("fingerprint"))
+    )
+    answered = spark.table(ctx.tables.groups).filter(
+        ctx.asked_here & F.col("status").isin(*DONE_STATUSES)
+    ).select("group_key", "fingerprint")
+    todo_groups = fingerprints.join(answered, ["group_key", "fingerprint"], "left_anti")
+    members = keyed.join(todo_groups, "group_key")
+    rows = _with_table(keyed.select("path", "length", "modificationTime"),
+                       _rows_here(spark, ctx))
+    # A file no group takes is done once recorded as such (unchanged).
+    alone = (keyed.filter(F.col("group_key").isNull())
+             .join(rows.filter(F.col("done") & (F.col("error_class") == groups.NO_GROUP))
+                   .select("path"), "path", "left_anti")
+             .withColumn("fingerprint", F.lit(None).cast("string")))
+    todo = members.unionByName(alone).join(rows.select("path", "known"), "path", "left")
+    counts = todo.agg(F.count(F.lit(1)).alias("files"),
+                      F.countDistinct("group_key").alias("groups")).first()
+    listed = keyed.count()
+    if listed == 0:
+        raise InputError(f"--input {ctx.config.input} holds no files")
+    pending, size = int(counts["files"]), ctx.config.max_files_per_batch
+    todo = todo.select("path", "length", F.unix_micros("modificationTime").alias("modified_us"),
+                       F.coalesce("known", F.lit(False)).alias("known"), "group_key",
+                       "fingerprint")
+    order = [F.col("group_key").asc_nulls_first(), F.col("path")]
+    # A file outside every group is a unit of its own; a group stays whole.
+    stream = cut(_stream(todo, order, pending, size), size,
+                  lambda e: e.group_key if e.group_key is not None else "\0" + e.path)
+    return Plan(listed, listed - pending, max(1, math.ceil(pending / size)) if pending else 0,
+                stream, approximate=True, groups=int(counts["groups"]), note=listing.note)
+
+
+def _stream(todo: DataFrame, order: list[Column], pending: int,
+            size: int) -> Iterator[Entry]:
+    """The files left, sorted, a partition at a time."""
+    if pending == 0:
+        return
+    parts = max(1, min(MAX_STREAM_PARTITIONS, math.ceil(pending / size)))
+    ordered = todo.repartitionByRange(parts, *order).sortWithinPartitions(*order)
+    fields = set(todo.columns)
+    for row in ordered.toLocalIterator():
+        yield Entry(row["path"], int(row["length"]), int(row["modified_us"]), bool(row["known"]),
+                    row["group_key"] if "group_key" in fields else None,
+                    row["fingerprint"] if "fingerprint" in fields else None)
+
+
+def cut(entries: Iterable[Entry], size: int, unit_of) -> Iterator[Batch]:
+    """Batches from sorted entries: a new batch starts with the first unit (file or group)
+    that finds the current one holding `size` files already."""
+    current: list[Entry] = []
+    unit = None
+    number = 0
+    for entry in entries:
+        this = unit_of(entry)
+        if current and this != unit and len(current) >= size:
+            number += 1
+            yield Batch(number, tuple(current))
+            current = []
+        current.append(entry)
+        unit = this
+    if current:
+        yield Batch(number + 1, tuple(current))

@@ -1,0 +1,73 @@
+"""The prepare stage, the same for every path: refuse what the length (or the path) already
+condemns without reading it, read and prepare the rest on the executors, and keep the
+prepared images there until they are asked about.
+
+The driver gets each file's prepared facts (format, sizes, SHA-256, error class) but never
+the image bytes: those stay in Spark's cache (`held`) until the caller is done with them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from pipeline import source
+from pipeline.images import Rejected, check_length
+from pipeline.runs.context import RunContext
+from pipeline.runs.plan import Batch
+from pipeline.spark import parallelism
+from pipeline.udfs import prepare_udf
+
+
+@dataclass
+class Prepared:
+    batch: Batch
+    refused: dict[str, Rejected]  # by path: never read
+    facts: dict[str, dict[str, Any]]  # by path: the PREPARED fields but the image
+    held: DataFrame | None  # path + PREPARED of the files read, cached until asked
+    known: dict[str, dict[str, Any]] = field(default_factory=dict)  # answers found by SHA-256
+
+    def valid(self) -> list[dict[str, Any]]:
+        """Facts of the files that can be sent, in batch order."""
+        return [f for e in self.batch.entries
+                if (f := self.facts.get(e.path)) is not None and f["error_class"] is None]
+
+    def release(self) -> None:
+        """Drop the cached images: they were asked about (or never will be)."""
+        if self.held is not None:
+            self.held.unpersist()
+            self.held = None
+
+
+def prepare(spark: SparkSession, ctx: RunContext, batch: Batch,
+            refused: dict[str, Rejected] | None = None) -> Prepared:
+    """One batch prepared. `refused` holds files already judged invalid by path; like files
+    refused by their length, their bytes are never read."""
+    bounds = ctx.catalog.input
+    judged: dict[str, Rejected] = {}
+    readable: list[str] = []
+    for entry in batch.entries:
+        rejected = (refused or {}).get(entry.path) or check_length(entry.length, bounds)
+        if rejected:
+            judged[entry.path] = rejected
+        else:
+            readable.append(entry.path)
+    if not readable:
+        return Prepared(batch, judged, {}, None)
+    udf = prepare_udf(ctx.family, bounds, ctx.image_budget)
+    held = (
+        # One task per slot, not one per few files: each Python task has a fixed cost
+        # (PySpark re-reads its import paths for every task), and a batch is not big.
+        source.read_contents(spark, readable).coalesce(parallelism(spark))
+        .select("path", "length", F.unix_micros("modificationTime").alias("modified_us"),
+                udf("content").alias("p"))
+        .select("path", "length", "modified_us", "p.*")
+        .persist(StorageLevel.MEMORY_AND_DISK)
+    )
+    # One job: prepares every image once (filling the cache) and brings back their facts.
+    facts = {r["path"]: r.asDict() for r in held.drop("image").collect()}
+    return Prepared(batch, judged, facts, held)
