@@ -66,6 +66,7 @@ class Tables:
     runs: str
     location: str | None = None  # set for path tables
     schema: StructType | None = field(default=None, compare=False)  # the captions table's
+    created: bool = field(default=False, compare=False)  # by this run: it holds no row yet
 
     @property
     def display(self) -> str:
@@ -89,14 +90,16 @@ def resolve(spark: SparkSession, table: str) -> Tables:
     """The captions table, created (from sql/ DDL) or brought up to it if needed. The runs
     table waits for `ensure_runs`, so a run pays for it only when it writes there."""
     if not is_path(table):
-        if not spark.catalog.tableExists(table):
+        created = not spark.catalog.tableExists(table)
+        if created:
             _with_retries(lambda: spark.sql(sql_text("create_captions.sql"),
                                             args={"table": table}))
         tables = Tables(table, f"{table}_runs")
     else:
         location = _absolute(table)
         _check_not_foreign(spark, location)
-        if not is_delta(spark, location):
+        created = not is_delta(spark, location)
+        if created:
             _with_retries(lambda: spark.sql(sql_text("create_captions.sql"),
                                             args={"table": _delta_path(location)}))
         alias = "vision_batch_" + hashlib.sha1(location.encode()).hexdigest()[:12]
@@ -104,36 +107,34 @@ def resolve(spark: SparkSession, table: str) -> Tables:
         tables = Tables(alias, alias + "_runs", location)
     schema = _with_retries(lambda: _add_missing_columns(spark, tables.captions,
                                                         "create_captions.sql"))
-    return Tables(tables.captions, tables.runs, tables.location, schema)
+    return Tables(tables.captions, tables.runs, tables.location, schema, created)
 
 
 def ensure_runs(spark: SparkSession, tables: Tables) -> None:
     """Create the runs table next to the captions table, or bring it up to the DDL."""
-    if tables.location is None:
-        if not spark.catalog.tableExists(tables.runs):
-            _with_retries(lambda: spark.sql(sql_text("create_runs.sql"),
-                                            args={"runs_table": tables.runs}))
-    else:
-        location = tables.sibling("_runs")
-        if not is_delta(spark, location):
-            _with_retries(lambda: spark.sql(sql_text("create_runs.sql"),
-                                            args={"runs_table": _delta_path(location)}))
-        _register(spark, tables.runs, location)
+    _ensure_sibling(spark, tables, "_runs", "create_runs.sql", "runs_table")
     _with_retries(lambda: _add_missing_columns(spark, tables.runs, "create_runs.sql"))
 
 
 def ensure_groups(spark: SparkSession, tables: Tables) -> StructType:
     """Create the groups table next to the captions table if needed; its schema."""
-    if tables.location is None:
-        _with_retries(lambda: spark.sql(sql_text("create_groups.sql"),
-                                        args={"groups_table": tables.groups}))
-    else:
-        location = tables.sibling("_groups")
-        if not is_delta(spark, location):
-            _with_retries(lambda: spark.sql(sql_text("create_groups.sql"),
-                                            args={"groups_table": _delta_path(location)}))
-        _register(spark, tables.groups, location)
+    _ensure_sibling(spark, tables, "_groups", "create_groups.sql", "groups_table")
     return spark.table(tables.groups).schema
+
+
+def _ensure_sibling(spark: SparkSession, tables: Tables, suffix: str, ddl_file: str,
+                    marker: str) -> None:
+    """Create `<table><suffix>` from its DDL file unless it exists, under the name the other
+    statements use (for a path table: registered in the session's catalog)."""
+    name = tables.captions + suffix
+    if tables.location is None:
+        if not spark.catalog.tableExists(name):
+            _with_retries(lambda: spark.sql(sql_text(ddl_file), args={marker: name}))
+        return
+    location = tables.sibling(suffix)
+    if not is_delta(spark, location):
+        _with_retries(lambda: spark.sql(sql_text(ddl_file), args={marker: _delta_path(location)}))
+    _register(spark, name, location)
 
 
 def find(spark: SparkSession, table: str) -> Tables | None:

@@ -90,23 +90,21 @@ def _empty_files(spark: SparkSession, scanned: DataFrame, input_path: str,
     read once (one Python task per batch of folders), and a sub-folder that holds no listed
     file at any depth is walked whole, in the same task."""
     top = localfs.spark_prefix(input_path) + root
-    # The folders between the input and each listed file: top/a, top/a/b for top/a/b/x.jpg.
-    parts = F.split(F.substring(F.regexp_extract("path", _PARENT, 1), len(top) + 2, 1 << 20),
-                    "/")
+    # The folders between the input and each listed file: top/a, top/a/b for top/a/b/x.jpg,
+    # each as (its parent, itself) and (itself, nothing): one pass over the listing.
+    parent = F.regexp_extract("path", _PARENT, 1)
+    parts = F.split(F.substring(parent, len(top) + 2, 1 << 20), "/")
     chain = F.transform(
         F.sequence(F.lit(1), F.size(parts)),
         lambda i: F.concat(F.lit(top + "/"), F.array_join(F.slice(parts, 1, i), "/")))
-    folders = (
-        scanned.select(F.explode(F.when(F.regexp_extract("path", _PARENT, 1) == top,
-                                        F.array().cast("array<string>")).otherwise(chain))
-                       .alias("child"))
-        .select(F.regexp_extract("child", _PARENT, 1).alias("dir"), "child")
-    )
-    # Every folder on the way, with its sub-folders that lead to a listed file.
-    known = folders.unionByName(folders.select(F.col("child").alias("dir"),
-                                               F.lit(None).cast("string").alias("child")))
+    pairs = F.flatten(F.transform(chain, lambda folder: F.array(
+        F.struct(F.regexp_extract(folder, _PARENT, 1).alias("dir"), folder.alias("child")),
+        F.struct(folder.alias("dir"), F.lit(None).cast("string").alias("child")))))
+    none = F.array().cast("array<struct<dir:string,child:string>>")
+    folders = scanned.select(F.explode(F.when(parent == top, none).otherwise(pairs)).alias("f"))
     start = spark.createDataFrame([(top, None)], "dir STRING, child STRING")
-    by_folder = (known.unionByName(start).groupBy("dir")
+    # Every folder on the way, with its sub-folders that lead to a listed file.
+    by_folder = (folders.select("f.dir", "f.child").unionByName(start).groupBy("dir")
                  .agg(F.collect_set("child").alias("children")))
     return by_folder.mapInPandas(_scan_folders, _FOUND)
 

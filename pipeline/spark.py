@@ -69,7 +69,7 @@ def get_spark(app_name: str = "vision-batch", kind: str = "auto") -> SparkSessio
     if remote and not remote.startswith("local"):
         return _remote_client(remote, app_name)
     settings = _local_settings(app_name)
-    with _jvm_output_to(spark_log_path()):
+    with jvm_output_to(spark_log_path()):
         spark = _local_connect(remote, settings) if remote else _local_classic(settings)
     quiet_python_loggers()
     return spark
@@ -83,7 +83,15 @@ def is_connect(spark: SparkSession) -> bool:
 def is_local(spark: SparkSession) -> bool:
     """Spark runs on this machine (local mode, or PySpark's own local Connect server)."""
     return "SPARK_LOCAL_REMOTE" in os.environ or (
-        not on_databricks() and (spark.conf.get("spark.master", "") or "").startswith("local"))
+        not on_databricks() and _master(spark).startswith("local"))
+
+
+def _master(spark: SparkSession) -> str:
+    """The master URL, or "" where the session will not tell (serverless hides it)."""
+    try:
+        return spark.conf.get("spark.master", "") or ""
+    except Exception:
+        return ""
 
 
 def executors_reach_network(spark: SparkSession) -> bool:
@@ -97,7 +105,7 @@ def executors_reach_network(spark: SparkSession) -> bool:
 
 @lru_cache(maxsize=4)
 def _parallelism(session_id: int, spark: SparkSession) -> int:
-    master = spark.conf.get("spark.master", "") or ""
+    master = _master(spark)
     local = re.fullmatch(r"local\[(\d+|\*)(?:,\d+)?\]|local", master)
     if local:
         cores = local.group(1) if local.lastindex else "1"
@@ -147,6 +155,10 @@ def _local_settings(app_name: str) -> dict[str, str]:
         # A batch's files are read by their paths: on a local disk, their statuses are
         # quicker to get on the driver than through a listing job for every batch.
         "spark.sql.sources.parallelPartitionDiscovery.threshold": "100000",
+        # Spark packs files into scan tasks as if opening each cost 4 MB, so a listing of
+        # small files (metadata only: nothing is opened) became one task per 32 files. A
+        # batch's reads are coalesced to the task slots anyway.
+        "spark.sql.files.openCostInBytes": "65536",
         "spark.sql.session.timeZone": "UTC",
     }
 
@@ -235,7 +247,7 @@ def quiet_python_loggers() -> None:
 
 
 @contextmanager
-def _jvm_output_to(path: Path):
+def jvm_output_to(path: Path):
     """Send the JVM's stdout/stderr (Ivy resolution, log4j) to a file instead of the terminal.
 
     The JVM inherits the file descriptors at launch and keeps them for its lifetime, so its

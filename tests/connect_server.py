@@ -12,13 +12,13 @@ import signal
 import sys
 import threading
 
-from pipeline.spark import _jvm_output_to, spark_log_path, start_connect_server
+from pipeline.spark import jvm_output_to, spark_log_path, start_connect_server
 
 
 def main() -> None:
     port = int(sys.argv[1])
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    with _jvm_output_to(spark_log_path()):
+    with jvm_output_to(spark_log_path()):
         start_connect_server(os.environ.get("VISION_BATCH_CONNECT_MASTER", "local[3]"),
                              port=port)
     print("ready", flush=True)

@@ -58,17 +58,20 @@ def run(
     with ThreadPoolExecutor(2, thread_name_prefix="vision-batch-start") as pool:
         tables = pool.submit(_timed, _tables, spark, config.table)
         listed = pool.submit(_timed, source.list_files, spark, config.input or "")
-        (made, tables_span), (listing, listing_span) = tables.result(), listed.result()
+        made, tables_span = tables.result()
+        listed.exception()  # waited for here; raised in the run, which records it
     ctx = replace(ctx, tables=made)
     assert ctx.tables is not None
     result = RunResult(ctx.run_id, ctx.tables.display, started=started,
                        spark_seconds=spark_seconds)
     result.timeline += [(0, "spark", before_spark - started, before_spark - started
-                         + spark_seconds),
-                        (0, "tables", *(t - started for t in tables_span)),
-                        (0, "listing", *(t - started for t in listing_span))]
+                         + spark_seconds), (0, "tables", *(t - started for t in tables_span))]
     recorder = Recorder(spark, ctx, result)
+    if ctx.tables.created and config.mode == "udf":
+        recorder.start()  # a table made just now holds nothing: there is work, say so early
     try:
+        listing, listing_span = listed.result()
+        result.timeline.append((0, "listing", *(t - started for t in listing_span)))
         if listing.note:
             progress(listing.note)
         if config.mode == "sql":
@@ -128,8 +131,8 @@ def caller_for(spark: SparkSession, ctx: RunContext,
     plan = ctx.call_plan(ctx.family.max_images_per_request if by_group else 0)
     kind = ctx.config.caller
     if kind == "auto":
-        remote = is_local(spark) or not executors_reach_network(spark)
-        kind = "driver" if remote else "executors"
+        from_driver = is_local(spark) or not executors_reach_network(spark)
+        kind = "driver" if from_driver else "executors"
     return DriverCaller(spark, plan) if kind == "driver" else ExecutorCaller(spark, plan)
 
 
@@ -147,12 +150,15 @@ class Recorder:
         self._started: Future | None = None
 
     def start(self) -> Future:
-        """Write the `running` row in the background, beside the first batch's preparation;
-        the loop asks nothing before it is written. A MERGE, not an append: it pays the
-        JVM's first-MERGE cost (seconds) there, not at the end."""
-        assert self.ctx.tables is not None
-        tables, row = self.ctx.tables, self._row(None)
-        self._started = _background.submit(sink.upsert_run, self.spark, tables, row)
+        """Append the `running` row in the background, beside planning and the first batch's
+        preparation; the loop asks nothing before it is written (a paid request always has
+        its run on record). An append, not a MERGE: a new run_id conflicts with nothing, and
+        a fresh JVM's first MERGE costs seconds the first request would wait for. Once
+        only."""
+        if self._started is None:
+            assert self.ctx.tables is not None
+            tables, row = self.ctx.tables, self._row(None)
+            self._started = _background.submit(sink.insert_run, self.spark, tables, row)
         return self._started
 
     def finish(self, error: str | None) -> None:

@@ -68,8 +68,9 @@ class Plan:
 
 
 def _rows_here(spark: SparkSession, ctx: RunContext) -> DataFrame | None:
-    """This endpoint and prompt's rows of the captions table, one per path."""
-    if ctx.tables is None:
+    """This endpoint and prompt's rows of the captions table, one per path; None when there
+    is no table, or this run has just created it (and so it holds no row to read)."""
+    if ctx.tables is None or ctx.tables.created:
         return None
     return (spark.table(ctx.tables.captions).filter(ctx.asked_here)
             .select("path", "size_bytes", "modified_at", "status", "error_class"))

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ENV = {k: v for k, v in os.environ.items() if not k.startswith("DATABRICKS_")}
@@ -18,10 +20,12 @@ def read_table(spark, path: Path) -> list[dict]:
 def test_no_arguments_captions_the_sample_photos_with_the_embedded_endpoint(spark, tmp_path):
     # Run as the bundle's job task runs it: jobs/caption_images.py with the optional settings
     # left unset arriving as empty flags, which leaves `vision-batch run` with no arguments.
+    began = time.perf_counter()
     done = subprocess.run(
         [sys.executable, str(JOB), "--max-rpm=", "--host=", "--secret-scope=", "--secret-key="],
         cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600,
     )
+    wall = time.perf_counter() - began
     assert done.returncode == 0, done.stderr
     assert "local reference model" in done.stdout
     assert "12 listed, 0 already done, 12 ok, 0 invalid, 0 failed" in done.stdout
@@ -33,3 +37,14 @@ def test_no_arguments_captions_the_sample_photos_with_the_embedded_endpoint(spar
     assert len(rows) == 12
     assert all(r["status"] == "ok" and "local reference model" in r["caption"] for r in rows)
     assert (tmp_path / "output" / "captions_runs" / "_delta_log").is_dir()
+
+    # Honest times: the summary's duration is the runs table's, counted from the start of the
+    # command; the rest of the wall clock is the interpreter starting and the JVM stopping.
+    said = re.search(r"succeeded in ([\d.]+) s \(of which ([\d.]+) s starting Spark\)",
+                     done.stdout)
+    assert said, done.stdout
+    seconds, spark_start = float(said.group(1)), float(said.group(2))
+    (run,) = read_table(spark, tmp_path / "output" / "captions_runs")
+    recorded = (run["ended_at"] - run["started_at"]).total_seconds()
+    assert abs(recorded - seconds) < 0.06
+    assert 0 < spark_start < seconds < wall < seconds + 10
