@@ -17,7 +17,7 @@ import hashlib
 import os
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -46,6 +46,8 @@ _CONFLICTS = (
     "DELTA_CREATE_TABLE_WITH_NON_EMPTY_LOCATION",
     "TableAlreadyExists",
     "TABLE_OR_VIEW_ALREADY_EXISTS",
+    # ...or registers it between the other run's first file and its first commit.
+    "DELTA_CREATE_EXTERNAL_TABLE_WITHOUT_TXN_LOG",
 )
 MAX_COMMIT_ATTEMPTS = 8
 
@@ -65,7 +67,7 @@ class Tables:
     captions: str  # a name IDENTIFIER() accepts
     runs: str
     location: str | None = None  # set for path tables
-    schema: StructType | None = field(default=None, compare=False)  # the captions table's
+    schema: StructType | None = field(default=None, compare=False)  # captions', once resolved
     created: bool = field(default=False, compare=False)  # by this run: it holds no row yet
 
     @property
@@ -86,28 +88,38 @@ def is_path(table: str) -> bool:
     return "/" in table
 
 
+def named(table: str) -> Tables:
+    """The names our statements use for `--table` (a path table's alias is derived from its
+    location, so every run and session agrees on it). Nothing is looked up or created."""
+    if not is_path(table):
+        return Tables(table, f"{table}_runs")
+    location = _absolute(table)
+    alias = "vision_batch_" + hashlib.sha1(location.encode()).hexdigest()[:12]
+    return Tables(alias, alias + "_runs", location)
+
+
+def exists(spark: SparkSession, tables: Tables) -> bool:
+    """Whether the captions table is there already (a quick look: no Delta statement). A
+    folder that holds something else is refused here, before anything is created."""
+    if tables.location is None:
+        return spark.catalog.tableExists(tables.captions)
+    _check_not_foreign(spark, tables.location)
+    return is_delta(spark, tables.location)
+
+
 def resolve(spark: SparkSession, table: str) -> Tables:
     """The captions table, created (from sql/ DDL) or brought up to it if needed. The runs
     table waits for `ensure_runs`, so a run pays for it only when it writes there."""
-    if not is_path(table):
-        created = not spark.catalog.tableExists(table)
-        if created:
-            _with_retries(lambda: spark.sql(sql_text("create_captions.sql"),
-                                            args={"table": table}))
-        tables = Tables(table, f"{table}_runs")
-    else:
-        location = _absolute(table)
-        _check_not_foreign(spark, location)
-        created = not is_delta(spark, location)
-        if created:
-            _with_retries(lambda: spark.sql(sql_text("create_captions.sql"),
-                                            args={"table": _delta_path(location)}))
-        alias = "vision_batch_" + hashlib.sha1(location.encode()).hexdigest()[:12]
-        _register(spark, alias, location)
-        tables = Tables(alias, alias + "_runs", location)
+    tables = named(table)
+    created = not exists(spark, tables)
+    if created:
+        target = table if tables.location is None else _delta_path(tables.location)
+        _with_retries(lambda: spark.sql(sql_text("create_captions.sql"), args={"table": target}))
+    if tables.location is not None:
+        _register(spark, tables.captions, tables.location)
     schema = _with_retries(lambda: _add_missing_columns(spark, tables.captions,
                                                         "create_captions.sql"))
-    return Tables(tables.captions, tables.runs, tables.location, schema, created)
+    return replace(tables, schema=schema, created=created)
 
 
 def ensure_runs(spark: SparkSession, tables: Tables) -> None:
@@ -171,7 +183,8 @@ def merge_captions(
         _with_retries(lambda: spark.sql(sql_text("merge_captions.sql"),
                                         args={**args, "batch": view}))
 
-    _with_view(spark, frame_of(spark, tables.schema, rows), write)
+    schema = tables.schema or spark.table(tables.captions).schema
+    _with_view(spark, frame_of(spark, schema, rows), write)
 
 
 def merge_batch(spark: SparkSession, tables: Tables, batch: DataFrame) -> None:

@@ -53,25 +53,22 @@ def run(
     before_spark = time.time()
     spark = spark or get_spark(kind=config.spark)
     spark_seconds = time.time() - before_spark
-    # The table and the listing do not depend on each other, and each pays a first-use cost
-    # in a fresh JVM (Delta's classes; the scan and the Python workers): side by side.
-    with ThreadPoolExecutor(2, thread_name_prefix="vision-batch-start") as pool:
-        tables = pool.submit(_timed, _tables, spark, config.table)
-        listed = pool.submit(_timed, source.list_files, spark, config.input or "")
-        made, tables_span = tables.result()
-        listed.exception()  # waited for here; raised in the run, which records it
-    ctx = replace(ctx, tables=made)
-    assert ctx.tables is not None
-    result = RunResult(ctx.run_id, ctx.tables.display, started=started,
+    result = RunResult(ctx.run_id, sink.named(config.table).display, started=started,
                        spark_seconds=spark_seconds)
-    result.timeline += [(0, "spark", before_spark - started, before_spark - started
-                         + spark_seconds), (0, "tables", *(t - started for t in tables_span))]
-    recorder = Recorder(spark, ctx, result)
-    if ctx.tables.created and config.mode == "udf":
+    result.timeline.append((0, "spark", before_spark - started, result.tick()))
+    # The tables and the listing do not depend on each other, and each pays a first-use cost
+    # in a fresh JVM (Delta's classes; the scan): side by side.
+    pool = ThreadPoolExecutor(2, thread_name_prefix="vision-batch-start")
+    made = pool.submit(_timed, "tables", result, _tables, spark, config.table)
+    listed = pool.submit(_timed, "listing", result, source.list_files, spark, config.input or "")
+    pool.shutdown(wait=False)
+    planned_against = _planned_against(spark, config, made)
+    ctx = replace(ctx, tables=planned_against)
+    recorder = Recorder(spark, ctx, result, made)
+    if planned_against.created and config.mode == "udf":
         recorder.start()  # a table made just now holds nothing: there is work, say so early
     try:
-        listing, listing_span = listed.result()
-        result.timeline.append((0, "listing", *(t - started for t in listing_span)))
+        listing = listed.result()
         if listing.note:
             progress(listing.note)
         if config.mode == "sql":
@@ -92,16 +89,30 @@ def run(
     return result
 
 
-def _timed(action, *args):
-    """`action(*args)` and when it began and ended (epoch seconds)."""
-    began = time.time()
-    return action(*args), (began, time.time())
+def _timed(stage: str, result: RunResult, action, *args):
+    """`action(*args)`, with its span on the run's timeline as `stage`."""
+    began = result.tick()
+    done = action(*args)
+    result.timeline.append((0, stage, began, result.tick()))
+    return done
 
 
 def _tables(spark: SparkSession, table: str) -> sink.Tables:
     tables = sink.resolve(spark, table)
     sink.ensure_runs(spark, tables)
     return tables
+
+
+def _planned_against(spark: SparkSession, config: RunConfig,
+                     made: Future[sink.Tables]) -> sink.Tables:
+    """The tables the plan reads. A captions table that is not there yet holds nothing to
+    plan against, so planning single images need not wait while it is created (a fresh
+    JVM's first Delta statement takes seconds): the names are enough, and nothing is written
+    before the runs-table row, which waits for the tables. Everything else waits for them."""
+    tables = sink.named(config.table)
+    if config.mode == "udf" and config.group_by is None and not sink.exists(spark, tables):
+        return replace(tables, created=True)
+    return made.result()
 
 
 def _batches(spark: SparkSession, ctx: RunContext, listing: source.Listing, result: RunResult,
@@ -119,7 +130,7 @@ def _batches(spark: SparkSession, ctx: RunContext, listing: source.Listing, resu
         return
     started = recorder.start()
     with caller_for(spark, ctx, path.by_group) as caller:
-        loop.drive(path, plan, caller, result, progress, before_asking=started)
+        loop.drive(path, plan, caller, result, progress, before_writing=started)
 
 
 def caller_for(spark: SparkSession, ctx: RunContext,
@@ -145,32 +156,33 @@ class Recorder:
     visible as one that never finished), then its totals. A run with nothing to do writes
     one row, at the end."""
 
-    def __init__(self, spark: SparkSession, ctx: RunContext, result: RunResult) -> None:
+    def __init__(self, spark: SparkSession, ctx: RunContext, result: RunResult,
+                 made: Future[sink.Tables]) -> None:
         self.spark, self.ctx, self.result = spark, ctx, result
+        self._made = made  # the tables, created if need be: every write waits for them
         self._started: Future | None = None
 
     def start(self) -> Future:
-        """Append the `running` row in the background, beside planning and the first batch's
-        preparation; the loop asks nothing before it is written (a paid request always has
-        its run on record). An append, not a MERGE: a new run_id conflicts with nothing, and
-        a fresh JVM's first MERGE costs seconds the first request would wait for. Once
-        only."""
+        """Append the `running` row in the background, beside planning and the first batch;
+        the loop writes no row before it is there. It does not hold up the first request:
+        in a fresh JVM, the first Delta write takes seconds. An append, not a MERGE: a new
+        run_id conflicts with nothing. Once only."""
         if self._started is None:
-            assert self.ctx.tables is not None
-            tables, row = self.ctx.tables, self._row(None)
-            self._started = _background.submit(sink.insert_run, self.spark, tables, row)
+            row = self._row(None)
+            self._started = _background.submit(
+                lambda: sink.insert_run(self.spark, self._made.result(), row))
         return self._started
 
     def finish(self, error: str | None) -> None:
-        assert self.ctx.tables is not None
         self.result.tick()
         self.result.settle_latency()
         row = self._row(error)
+        tables = self._made.result()
         if self._started is None:
-            sink.insert_run(self.spark, self.ctx.tables, row)
+            sink.insert_run(self.spark, tables, row)
             return
         self._started.result()
-        sink.upsert_run(self.spark, self.ctx.tables, row)
+        sink.upsert_run(self.spark, tables, row)
 
     def _row(self, error: str | None) -> dict:
         r, ctx = self.result, self.ctx

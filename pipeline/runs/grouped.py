@@ -42,14 +42,13 @@ class Grouped:
 
     def ask(self, prepared: Prepared) -> Ask | None:
         keys = {e.path: e.group_key for e in prepared.batch.entries}
-        valid = [(f["path"], keys[f["path"]]) for f in prepared.valid()]
+        valid = {f["path"]: keys[f["path"]] for f in prepared.valid()}
         if not valid:
             return None
-        assert prepared.held is not None
-        members = prepared.held.join(
-            F.broadcast(self.spark.createDataFrame(valid, "path STRING, group_key STRING")),
-            "path")
-        return Ask(members.select(*MEMBER_COLUMNS, "group_key"), len({k for _, k in valid}),
+        # Each member's group from a literal map: no join, so no broadcast job per batch.
+        group_of = F.create_map(*[F.lit(v) for item in sorted(valid.items()) for v in item])
+        members = prepared.held_for(set(valid)).withColumn("group_key", group_of[F.col("path")])
+        return Ask(members.select(*MEMBER_COLUMNS, "group_key"), len(set(valid.values())),
                    by_group=True)
 
     def rows(self, prepared: Prepared, parts: list[dict[str, Any]]) -> list[dict[str, Any]]:

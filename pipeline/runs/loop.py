@@ -48,9 +48,10 @@ class Caller(Protocol):
 
 
 def drive(path: RunPath, plan: Plan, caller: Caller, result: RunResult,
-          progress: Callable[[Update], None], before_asking: Future | None = None) -> None:
-    """Run every batch of `plan`, and return once the last one is committed. Nothing is asked
-    before `before_asking` is done (the runs-table row that says the run started)."""
+          progress: Callable[[Update], None], before_writing: Future | None = None) -> None:
+    """Run every batch of `plan`, and return once the last one is committed. No row is
+    written before `before_writing` is done (the runs-table row that says the run started),
+    so every row of the captions table names a run the runs table knows."""
     slots = threading.BoundedSemaphore(IN_FLIGHT)
 
     def prepared_batches() -> Iterator[Prepared]:
@@ -61,11 +62,9 @@ def drive(path: RunPath, plan: Plan, caller: Caller, result: RunResult,
             yield prepared
 
     with Ahead(prepared_batches(), PREPARED_AHEAD) as ready, \
-            Committer(path, plan, result, progress, slots) as committer:
+            Committer(path, plan, result, progress, slots, before_writing) as committer:
         try:
             for prepared in ready:
-                if before_asking is not None:
-                    before_asking.result()
                 committer.check()
                 slots.acquire()
                 committer.check()
@@ -91,9 +90,10 @@ class Committer:
     not wait for it."""
 
     def __init__(self, path: RunPath, plan: Plan, result: RunResult,
-                 progress: Callable[[Update], None], slots: threading.BoundedSemaphore) -> None:
+                 progress: Callable[[Update], None], slots: threading.BoundedSemaphore,
+                 before_writing: Future | None = None) -> None:
         self.path, self.plan, self.result, self.progress = path, plan, result, progress
-        self.slots = slots
+        self.slots, self.before_writing = slots, before_writing
         self._waiting: deque[tuple[Prepared, Future]] = deque()
         self._changed = threading.Condition()
         self._closing = False
@@ -154,6 +154,8 @@ class Committer:
     def _commit(self, group: list[tuple[Prepared, Future]]) -> None:
         try:
             rows = [self.path.rows(prepared, answers.result()) for prepared, answers in group]
+            if self.before_writing is not None:
+                self.before_writing.result()
             began = self.result.tick()
             self.path.write([p for p, _ in group], [r for batch in rows for r in batch])
             for prepared, _ in group:

@@ -36,6 +36,19 @@ class Prepared:
         return [f for e in self.batch.entries
                 if (f := self.facts.get(e.path)) is not None and f["error_class"] is None]
 
+    def held_for(self, paths: set[str]) -> DataFrame:
+        """The held rows of `paths` (valid files of this batch). A filter, not a join: a
+        join with the paths costs a broadcast job of its own (a second before the first
+        image streams, in a fresh JVM). The filter names whichever list is shorter, those
+        asked or those left out; usually nothing is left out but the invalid files."""
+        assert self.held is not None
+        valid = {f["path"] for f in self.valid()}
+        left_out = valid - paths
+        held = self.held.filter(F.col("error_class").isNull())
+        if len(left_out) <= len(paths):
+            return held.filter(~F.col("path").isin(sorted(left_out))) if left_out else held
+        return held.filter(F.col("path").isin(sorted(paths)))
+
     def release(self) -> None:
         """Drop the cached images: they were asked about (or never will be)."""
         if self.held is not None:

@@ -107,9 +107,7 @@ class Singles:
         self._asked[prepared.batch.number] = mine
         if not mine:
             return None
-        assert prepared.held is not None
-        paths = self.spark.createDataFrame([(p,) for p in sorted(mine.values())], "path STRING")
-        members = prepared.held.join(F.broadcast(paths), "path", "left_semi")
+        members = prepared.held_for(set(mine.values()))
         return Ask(members.select(*MEMBER_COLUMNS), len(mine))
 
     def rows(self, prepared: Prepared, answers: list[dict[str, Any]]) -> list[dict[str, Any]]:
