@@ -32,11 +32,13 @@ if TYPE_CHECKING:
 
 def user_errors() -> tuple[type[Exception], ...]:
     """The errors that are the user's to fix: one line, exit 1."""
+    from pipeline.runs.sql import SqlPathError
     from pipeline.sink import TableError
     from pipeline.source import InputError
     from pipeline.spark import SessionError
 
-    return (AuthError, EndpointError, InputError, TableError, LimitsError, SessionError)
+    return (AuthError, EndpointError, InputError, TableError, LimitsError, SessionError,
+            SqlPathError)
 
 
 def _input_flags(p: argparse.ArgumentParser) -> None:
@@ -90,7 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _input_flags(estimate_p)
     estimate_p.set_defaults(func=cmd_estimate)
-    serve_p = commands.add_parser("serve-local", help="serve the local reference model")
+    serve_p = commands.add_parser(
+        "serve-local", help="serve the local reference model",
+        description="Serve the local reference model on 127.0.0.1, speaking the Databricks "
+        "serving protocol. Clients must send `Authorization: Bearer <token>` with the token "
+        "in DATABRICKS_TOKEN (set it before starting; never a flag, so it stays out of shell "
+        "history and process listings).")
     local_endpoint.add_arguments(serve_p)
     serve_p.set_defaults(func=local_endpoint.serve)
     report_p = commands.add_parser(

@@ -1,8 +1,8 @@
 """The run configuration: one typed dataclass, loaded from YAML and flags, validated once.
 
-Precedence (README, "Command line"): command-line flags, then the environment (the Databricks SDK's unified
-auth resolves host and token), then the --conf file, then the defaults below. Credentials are
-never part of this object: it is printed, logged and stored in the runs table.
+Precedence (README, "Command line"): command-line flags, then the environment (the Databricks
+SDK's unified auth resolves host and token), then the --conf file, then the defaults below.
+Credentials are never part of this object: it is printed, logged and stored in the runs table.
 """
 
 from __future__ import annotations
@@ -37,6 +37,10 @@ CALLERS = ("auto", "executors", "driver")
 # Which Spark session (pipeline/spark.py): `auto` is the active one on Databricks, a Spark
 # Connect one when SPARK_REMOTE is set, a local one otherwise.
 SESSIONS = ("auto", "databricks-connect")
+
+
+# What the serving API accepts as an endpoint name (it goes into the chat path's URL).
+ENDPOINT_NAME = re.compile(r"[A-Za-z0-9_-]+")
 
 
 class ConfigError(ValueError):
@@ -96,6 +100,11 @@ class RunConfig:
             raise ConfigError("prompt must not be empty")
         if not self.chat_path.startswith("/"):
             raise ConfigError(f"chat_path must start with '/': {self.chat_path!r}")
+        if self.endpoint is not None and "{endpoint}" in self.chat_path \
+                and not ENDPOINT_NAME.fullmatch(self.endpoint):
+            # It becomes part of the URL: `../x` would call another path of the host.
+            raise ConfigError(f"endpoint must be a serving endpoint name (letters, digits, '-' "
+                              f"and '_'), not {self.endpoint!r}")
         if self.group_by is not None:
             self._check_group_by()
         return self

@@ -51,6 +51,13 @@ _CONFLICTS = (
 )
 MAX_COMMIT_ATTEMPTS = 8
 
+# The table property every CREATE in sql/ sets: a table this program made. And the columns
+# that identify each kind of table made before the mark existed.
+MARK = "vision_batch.schema_version"
+KEYS = {"create_captions.sql": ("path", "endpoint", "prompt_id"),
+        "create_runs.sql": ("run_id",),
+        "create_groups.sql": ("group_key", "endpoint", "prompt_id")}
+
 # Columns that travel from Python as epoch microseconds (exact, whatever the time zones of
 # the driver and the session), and the column stamped with the time of the write.
 MICROS = ("modified_at", "started_at", "ended_at")
@@ -98,55 +105,60 @@ def named(table: str) -> Tables:
     return Tables(alias, alias + "_runs", location)
 
 
-def exists(spark: SparkSession, tables: Tables) -> bool:
-    """Whether the captions table is there already (a quick look: no Delta statement). A
-    folder that holds something else is refused here, before anything is created."""
-    if tables.location is None:
-        return spark.catalog.tableExists(tables.captions)
-    _check_not_foreign(spark, tables.location)
-    return is_delta(spark, tables.location)
+def fresh(spark: SparkSession, tables: Tables) -> bool:
+    """Neither the captions table nor its runs table is there yet: a first run (a quick
+    look, no Delta statement)."""
+    return not _exists(spark, tables, "") and not _exists(spark, tables, "_runs")
+
+
+def _exists(spark: SparkSession, tables: Tables, suffix: str) -> bool:
+    """Whether `<table><suffix>` is there. A folder that holds something other than a Delta
+    table is refused here, before anything is created."""
+    location = tables.sibling(suffix)
+    if location is None:
+        return spark.catalog.tableExists(tables.captions + suffix)
+    _check_not_foreign(spark, location)
+    return is_delta(spark, location)
 
 
 def resolve(spark: SparkSession, table: str) -> Tables:
     """The captions table, created (from sql/ DDL) or brought up to it if needed. The runs
     table waits for `ensure_runs`, so a run pays for it only when it writes there."""
     tables = named(table)
-    created = not exists(spark, tables)
+    created = not _exists(spark, tables, "")
     if created:
         target = table if tables.location is None else _delta_path(tables.location)
         _with_retries(lambda: spark.sql(sql_text("create_captions.sql"), args={"table": target}))
     if tables.location is not None:
         _register(spark, tables.captions, tables.location)
-    schema = _with_retries(lambda: _add_missing_columns(spark, tables.captions,
-                                                        "create_captions.sql"))
+    schema = _with_retries(lambda: _adopt(spark, tables.captions, "create_captions.sql",
+                                          tables.display))
     return replace(tables, schema=schema, created=created)
 
 
 def ensure_runs(spark: SparkSession, tables: Tables) -> None:
     """Create the runs table next to the captions table, or bring it up to the DDL."""
     _ensure_sibling(spark, tables, "_runs", "create_runs.sql", "runs_table")
-    _with_retries(lambda: _add_missing_columns(spark, tables.runs, "create_runs.sql"))
 
 
 def ensure_groups(spark: SparkSession, tables: Tables) -> StructType:
-    """Create the groups table next to the captions table if needed; its schema."""
-    _ensure_sibling(spark, tables, "_groups", "create_groups.sql", "groups_table")
-    return spark.table(tables.groups).schema
+    """Create the groups table next to the captions table, or check it; its schema."""
+    return _ensure_sibling(spark, tables, "_groups", "create_groups.sql", "groups_table")
 
 
 def _ensure_sibling(spark: SparkSession, tables: Tables, suffix: str, ddl_file: str,
-                    marker: str) -> None:
-    """Create `<table><suffix>` from its DDL file unless it exists, under the name the other
-    statements use (for a path table: registered in the session's catalog)."""
+                    marker: str) -> StructType:
+    """Create `<table><suffix>` from its DDL file unless it exists (then check it is ours and
+    bring it up to the DDL), under the name the other statements use (for a path table:
+    registered in the session's catalog). Its schema."""
     name = tables.captions + suffix
-    if tables.location is None:
-        if not spark.catalog.tableExists(name):
-            _with_retries(lambda: spark.sql(sql_text(ddl_file), args={marker: name}))
-        return
     location = tables.sibling(suffix)
-    if not is_delta(spark, location):
-        _with_retries(lambda: spark.sql(sql_text(ddl_file), args={marker: _delta_path(location)}))
-    _register(spark, name, location)
+    if not _exists(spark, tables, suffix):
+        target = name if location is None else _delta_path(location)
+        _with_retries(lambda: spark.sql(sql_text(ddl_file), args={marker: target}))
+    if location is not None:
+        _register(spark, name, location)
+    return _with_retries(lambda: _adopt(spark, name, ddl_file, location or name))
 
 
 def find(spark: SparkSession, table: str) -> Tables | None:
@@ -267,11 +279,28 @@ def ddl_schema(ddl_file: str) -> StructType:
     return _parse_datatype_string(text[start: text.rindex(") USING DELTA")])
 
 
-def _add_missing_columns(spark: SparkSession, table: str, ddl_file: str) -> StructType:
+def _adopt(spark: SparkSession, table: str, ddl_file: str, shown: str) -> StructType:
+    """Check that `table` is ours and bring it up to its DDL; its schema after. Ours: it has
+    the mark every CREATE in sql/ sets, or (made before the mark existed, and then marked
+    now) the key columns of its kind. Anything else is refused before a byte of it changes."""
+    schema = spark.table(table).schema
+    properties = {r["key"] for r in spark.sql(sql_text("table_properties.sql"),
+                                              args={"table": table}).collect()}
+    if MARK not in properties:
+        missing = [k for k in KEYS[ddl_file] if k not in schema.names]
+        if missing:
+            raise TableError(f"{shown} is a table vision-batch did not make (it has no "
+                             f"{', '.join(missing)} column): name a new table; nothing was "
+                             "changed")
+        spark.sql(sql_text("mark_table.sql"), args={"table": table})
+    return _add_missing_columns(spark, table, ddl_file, schema)
+
+
+def _add_missing_columns(spark: SparkSession, table: str, ddl_file: str,
+                         schema: StructType) -> StructType:
     """Bring a table made by an older version up to the DDL: an empty append that evolves
     the schema adds the new (nullable) columns; no SQL text is assembled. The schema after."""
     declared = ddl_schema(ddl_file)
-    schema = spark.table(table).schema
     if set(declared.names) - set(schema.names):
         empty = spark.createDataFrame([], declared)
         empty.write.format("delta").mode("append").option("mergeSchema", "true").saveAsTable(

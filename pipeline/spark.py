@@ -130,7 +130,7 @@ def _local_settings(app_name: str) -> dict[str, str]:
         # waits on the network, and must not keep preparing and merging from a core.
         "spark.master": os.environ.get("VISION_BATCH_SPARK_MASTER", f"local[{cores + 1}]"),
         "spark.app.name": app_name,
-        # Delta's jars from Maven Central (cached in ~/.ivy2 after the first start), the
+        # Delta's jars from Maven Central (cached in ~/.ivy2.5.2 after the first start), the
         # version the pip package delta-spark pins.
         "spark.jars.packages": f"io.delta:delta-spark_2.13:{version('delta-spark')}",
         "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",

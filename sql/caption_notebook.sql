@@ -43,6 +43,8 @@ CREATE WIDGET TEXT image_tokens DEFAULT '2469';
 -- create_captions.sql
 -- The captions table: one row per (path, endpoint, prompt_id). Shared by the UDF path and
 -- the SQL path. :table is bound through IDENTIFIER, never formatted into the text.
+-- vision_batch.schema_version marks a table this program made. A table with neither the mark
+-- nor the key columns of its kind is refused and left as it is (pipeline/sink.py).
 -- Frequent small MERGEs: optimized writes and auto compaction keep the file count down.
 -- Deletion vectors stay off: open-source Delta 4.0 cannot MERGE with them into a table that
 -- has a column named `path` (AMBIGUOUS_REFERENCE filePath), and `path` is in the contract.
@@ -80,7 +82,8 @@ CREATE TABLE IF NOT EXISTS IDENTIFIER(:table) (
 TBLPROPERTIES (
   'delta.enableDeletionVectors' = 'false',
   'delta.autoOptimize.optimizeWrite' = 'true',
-  'delta.autoOptimize.autoCompact' = 'true'
+  'delta.autoOptimize.autoCompact' = 'true',
+  'vision_batch.schema_version' = '1'
 )
 
 -- COMMAND ----------
@@ -113,7 +116,7 @@ CREATE TABLE IF NOT EXISTS IDENTIFIER(:runs_table) (
   error_message STRING COMMENT 'why the run failed, one line',
   config_json STRING COMMENT 'effective configuration, without secrets'
 ) USING DELTA
-TBLPROPERTIES ('delta.enableDeletionVectors' = 'false')
+TBLPROPERTIES ('delta.enableDeletionVectors' = 'false', 'vision_batch.schema_version' = '1')
 
 -- COMMAND ----------
 

@@ -24,4 +24,4 @@ CREATE TABLE IF NOT EXISTS IDENTIFIER(:groups_table) (
   run_id STRING COMMENT 'the run that wrote this row',
   processed_at TIMESTAMP
 ) USING DELTA
-TBLPROPERTIES ('delta.enableDeletionVectors' = 'false')
+TBLPROPERTIES ('delta.enableDeletionVectors' = 'false', 'vision_batch.schema_version' = '1')

@@ -25,4 +25,4 @@ CREATE TABLE IF NOT EXISTS IDENTIFIER(:runs_table) (
   error_message STRING COMMENT 'why the run failed, one line',
   config_json STRING COMMENT 'effective configuration, without secrets'
 ) USING DELTA
-TBLPROPERTIES ('delta.enableDeletionVectors' = 'false')
+TBLPROPERTIES ('delta.enableDeletionVectors' = 'false', 'vision_batch.schema_version' = '1')

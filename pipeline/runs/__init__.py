@@ -105,12 +105,12 @@ def _tables(spark: SparkSession, table: str) -> sink.Tables:
 
 def _planned_against(spark: SparkSession, config: RunConfig,
                      made: Future[sink.Tables]) -> sink.Tables:
-    """The tables the plan reads. A captions table that is not there yet holds nothing to
-    plan against, so planning single images need not wait while it is created (a fresh
+    """The tables the plan reads. Tables that are not there yet hold nothing to plan
+    against, so planning single images need not wait while they are created (a fresh
     JVM's first Delta statement takes seconds): the names are enough, and nothing is written
     before the runs-table row, which waits for the tables. Everything else waits for them."""
     tables = sink.named(config.table)
-    if config.mode == "udf" and config.group_by is None and not sink.exists(spark, tables):
+    if config.mode == "udf" and config.group_by is None and sink.fresh(spark, tables):
         return replace(tables, created=True)
     return made.result()
 

@@ -35,6 +35,16 @@ GROUP_TEMPLATE = "caption_groups.sql"
 FOLDER_PATTERN = "^(.*)/[^/]*$"
 
 
+# Databricks offers ai_query on serverless compute and SQL warehouses, not on classic
+# clusters: there the statement cannot resolve it.
+NO_AI_QUERY = ("ai_query is not available on this compute (Databricks offers it on serverless "
+               "compute and SQL warehouses): run with --mode udf here, or on one of those")
+
+
+class SqlPathError(RuntimeError):
+    """The SQL path cannot run on this compute; one line for the user."""
+
+
 def _common(ctx: RunContext) -> dict[str, Any]:
     """The markers both templates share."""
     spec, family = ctx.spec, ctx.family
@@ -107,7 +117,12 @@ def caption(
     by = f", --group-by {ctx.config.group_by}" if grouped else ""
     progress(f"{result.listed} files listed; captioning with ai_query ({template}{by})")
     began = result.tick()
-    spark.sql(sql_text(template), args=args)
+    try:
+        spark.sql(sql_text(template), args=args)
+    except Exception as exc:
+        if "ai_query" in str(exc) and "UNRESOLVED_ROUTINE" in str(exc):
+            raise SqlPathError(NO_AI_QUERY) from None
+        raise
     result.timeline.append((1, "statement", began, result.tick()))
     if grouped:
         summarize_groups(spark, ctx, result)

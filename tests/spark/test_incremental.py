@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from pipeline import runs as runner
+from pipeline import sink
 from pipeline.resources import sql_text
 from tests import files
 
@@ -44,17 +45,19 @@ def test_a_table_created_by_an_older_version_gains_new_columns(
     folder.mkdir()
     (folder / "a.jpg").write_bytes(files.jpeg())
     cfg = run_config(folder)
-    # The DDL as it was before `reused_from` existed.
+    # The DDL as it was before `reused_from` and the table mark existed.
     old_ddl = sql_text("create_captions.sql").replace(
         ",\n  reused_from STRING COMMENT 'path whose answer (same bytes) this row took without"
-        " a request'", "")
-    assert "reused_from" not in old_ddl
+        " a request'", "").replace(",\n  'vision_batch.schema_version' = '1'", "")
+    assert "reused_from" not in old_ddl and f"'{sink.MARK}' =" not in old_ddl
     spark.sql(old_ddl, args={"table": f"delta.`{cfg.table}`"})
     _, creds = serve()
     runner.run(cfg, creds, spark, progress=lambda _: None)
     table = spark.read.format("delta").load(cfg.table)
     assert "reused_from" in table.columns
     assert [r.status for r in table.collect()] == ["ok"]
+    properties = spark.sql(f"SHOW TBLPROPERTIES delta.`{cfg.table}`").collect()
+    assert (sink.MARK, "1") in {(r["key"], r["value"]) for r in properties}  # ours, marked now
 
 
 def test_the_runs_table_records_each_run(spark, serve, run_config, tmp_path) -> None:

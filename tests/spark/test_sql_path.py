@@ -135,3 +135,30 @@ def test_both_paths_merge_with_the_same_rules() -> None:
         return text[text.index("WHEN MATCHED"):].strip()
 
     assert clauses("caption_files.sql") == clauses("merge_captions.sql")
+
+
+def test_on_compute_without_ai_query_the_sql_path_stops_in_one_line(
+    spark, serve, run_config, tmp_path, monkeypatch
+) -> None:
+    # A classic Databricks cluster: read_files is there, ai_query is not (it runs only on
+    # serverless and SQL warehouses). Only the stand-in for read_files is registered.
+    from pipeline import sql_functions
+    from pipeline.runs import sql as sql_path
+
+    def classic_cluster(session, credentials, config) -> None:
+        session.udtf.register("read_files", sql_functions.udtf(
+            sql_functions.ReadFiles, returnType=sql_functions.READ_FILES_SCHEMA))
+        session.sql("DROP TEMPORARY FUNCTION IF EXISTS ai_query")
+
+    monkeypatch.setattr(sql_functions, "register", classic_cluster)
+    folder = tmp_path / "in"
+    files.write_photos(folder, 2, "p{}.jpg", lambda i: (20 + i, 20))
+    endpoint, creds = serve()
+    cfg = run_config(folder, mode="sql")
+    try:
+        runner.run(cfg, creds, spark, progress=lambda _: None)
+    except sql_path.SqlPathError as exc:
+        assert "--mode udf" in str(exc) and "\n" not in str(exc)
+    else:
+        raise AssertionError("the SQL path ran without ai_query")
+    assert endpoint.stats()["requests"] == 0

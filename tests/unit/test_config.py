@@ -52,11 +52,33 @@ def test_wrong_type_is_named(tmp_path: Path) -> None:
         ({"max_concurrency": 0}, "max_concurrency must be at least 1"),
         ({"request_timeout": 0.0}, "request_timeout must be positive"),
         ({"prompt": "  "}, "prompt must not be empty"),
+        ({"endpoint": "../x"}, "endpoint must be a serving endpoint name"),
+        ({"endpoint": "a/b"}, "endpoint must be a serving endpoint name"),
+        ({"endpoint": "ep?x=1"}, "endpoint must be a serving endpoint name"),
     ],
 )
 def test_invalid_values(flags: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         build(flags)
+
+
+def test_endpoint_names_in_the_url_are_checked_and_model_names_in_the_body_are_not() -> None:
+    assert build({"endpoint": "databricks-claude_3-7"}).endpoint == "databricks-claude_3-7"
+    # Without {endpoint} in the path the name travels as `model` in the JSON body.
+    body = build({"endpoint": "meta-llama/Llama-3.2-11B-Vision", "chat_path": "/v1/chat"})
+    assert body.endpoint == "meta-llama/Llama-3.2-11B-Vision"
+
+
+def test_a_bad_endpoint_name_stops_the_command_before_anything_starts(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    from pipeline import cli
+
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["run", "--endpoint", "../x"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("vision-batch: error: endpoint must be") and "\n" not in err
+    assert list(tmp_path.iterdir()) == []  # no table, no folder
 
 
 def test_not_yaml_and_missing_file(tmp_path: Path) -> None:
