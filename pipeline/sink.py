@@ -163,9 +163,10 @@ def _ensure_sibling(spark: SparkSession, tables: Tables, suffix: str, ddl_file: 
 
 def find(spark: SparkSession, table: str) -> Tables | None:
     """The tables if they already exist, without creating anything (for dry runs)."""
-    if not is_path(table):
-        return Tables(table, f"{table}_runs") if spark.catalog.tableExists(table) else None
-    if not is_delta(spark, _absolute(table)):
+    tables = named(table)
+    if tables.location is None:
+        return tables if spark.catalog.tableExists(table) else None
+    if not is_delta(spark, tables.location):
         return None
     tables = resolve(spark, table)
     runs = tables.sibling("_runs")

@@ -19,11 +19,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pandas as pd
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from pipeline import localfs
-from pipeline.limits import InputBounds
 from pipeline.spark import analyze
 from pipeline.udfs import in_worker
 
@@ -162,16 +161,6 @@ def _if_empty(prefix: str, path: str) -> list[tuple[str, int]]:
     except OSError:
         return []
     return [(prefix + path, stat.st_mtime_ns // 1_000_000)] if stat.st_size == 0 else []
-
-
-def length_gate(bounds: InputBounds) -> Column:
-    """The invalid class a file gets from its length alone, or NULL to read it."""
-    length = F.col("length")
-    return (
-        F.when(length == 0, F.lit("empty_file"))
-        .when(length > bounds.max_file_bytes, F.lit("too_large"))
-        .otherwise(F.lit(None).cast("string"))
-    )
 
 
 def read_contents(spark: SparkSession, paths: list[str]) -> DataFrame:
