@@ -23,6 +23,7 @@ from pipeline import auth, config, local_endpoint, progress  # noqa: E402
 from pipeline.auth import AuthError, Credentials  # noqa: E402
 from pipeline.client import EndpointError, preflight  # noqa: E402
 from pipeline.config import CALLERS, LOCAL_ENDPOINT, SESSIONS, ConfigError, RunConfig  # noqa: E402
+from pipeline.interrupts import Interrupted, Stop  # noqa: E402
 from pipeline.limits import LimitsError, load_catalog  # noqa: E402
 from pipeline.resources import samples_dir  # noqa: E402
 
@@ -124,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(exc), 2)
     except user_errors() as exc:
         return _fail(str(exc), 1)
+    except Interrupted as exc:
+        return _fail(interrupted(exc), exc.exit_code)
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
     except Exception as exc:  # a Spark or JVM failure: its first line, not the stack trace
@@ -177,8 +180,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.runs import run
 
     report = progress.reporter()
+    stop = Stop()
+    stop.install()  # Ctrl-C and SIGTERM stop the run in good order (pipeline/interrupts.py)
     with connected(cfg) as (cfg, credentials):
-        result = run(cfg, credentials, progress=report, started=STARTED)
+        result = run(cfg, credentials, progress=report, started=STARTED, stop=stop)
     print(summary(result))
     if report is progress.structured:  # the totals as one parseable line too
         report(progress.update("finished", result, result.written, 0))
@@ -210,6 +215,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     print(f"report written to {written.path.resolve()} ({written.bytes / 1e6:.1f} MB, {shown}, "
           f"{page.thumbnails:,} thumbnails)")
     return 0
+
+
+def interrupted(exc: Interrupted) -> str:
+    """The one line a stopped run ends with: what it saved, and that a rerun resumes."""
+    name = exc.args[0] if exc.args else "a signal"
+    r = exc.result
+    if r is None:
+        return f"interrupted by {name} before any work was saved"
+    s = r.statuses
+    return (f"interrupted by {name}: run {r.run_id} saved {r.written} rows ({s['ok']} ok, "
+            f"{s['invalid']} invalid, {s['failed']} failed) in {r.table}; "
+            "a rerun resumes from there")
 
 
 def summary(r: RunResult) -> str:

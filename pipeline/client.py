@@ -81,11 +81,21 @@ class AdaptiveLimit:
         self.in_flight = 0
         self.epoch = 0
         self.peak = 0
+        self.closed = False
         self._changed = asyncio.Condition()
+
+    async def close(self) -> None:
+        """No attempt starts from now on (a stop: Ctrl-C); those waiting end cancelled."""
+        async with self._changed:
+            self.closed = True
+            self._changed.notify_all()
 
     async def acquire(self) -> int:
         async with self._changed:
-            await self._changed.wait_for(lambda: self.in_flight < int(self.limit))
+            await self._changed.wait_for(
+                lambda: self.in_flight < int(self.limit) or self.closed)
+            if self.closed:  # nothing new starts: the request ends unsent (cancelled)
+                raise asyncio.CancelledError
             self.in_flight += 1
             self.peak = max(self.peak, self.in_flight)
             return self.epoch
@@ -186,7 +196,7 @@ class CaptionClient:
         latency_ms = None
         for number in range(1, s.max_attempts + 1):
             await self.gate.wait()
-            epoch = await self.limit.acquire()
+            epoch = await self.limit.acquire()  # CancelledError once the run is stopping
             started = time.perf_counter()
             try:
                 attempt = await self._attempt(body, parse)

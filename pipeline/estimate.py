@@ -35,6 +35,7 @@ class Estimate:
     max_completion_tokens: int = 0
     error_classes: Counter = field(default_factory=Counter)
     packed: int = 1  # images per request
+    note: str | None = None  # what the listing could not see, or skipped (links)
 
     @property
     def invalid(self) -> int:
@@ -57,7 +58,9 @@ def estimate(config: RunConfig, spark: SparkSession | None = None) -> Estimate:
         text_tokens_per_request=math.ceil(len(ctx.spec.prompt) / 4),
         max_completion_tokens=ctx.spec.max_tokens,
     )
-    planned = plan.files(spark, ctx, source.list_files(spark, config.input or ""))
+    listing = source.list_files(spark, config.input or "")
+    result.note = listing.note
+    planned = plan.files(spark, ctx, listing)
     result.listed, result.skipped = planned.listed, planned.skipped
     seen: set[str] = set()
     for batch in planned.stream:
@@ -95,5 +98,7 @@ def render(e: Estimate) -> str:
         ("output tokens", f"at most {e.requests * e.max_completion_tokens:,} "
                           f"({e.max_completion_tokens} per request)"),
     ]
+    if e.note:
+        rows.append(("note", e.note))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)

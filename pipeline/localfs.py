@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
 
 VOLUMES = "/Volumes/"
 # Spark's paths are Hadoop paths, not URLs: `file:/tmp/a b#1.jpg` means exactly that file
@@ -47,3 +48,24 @@ def hidden(name: str) -> bool:
     copied), by the rule of its InMemoryFileIndex."""
     return ((name.startswith("_") and "=" not in name) or name.startswith(".")
             or name.endswith("._COPYING_"))
+
+
+def walk(top: str) -> Iterator[tuple[str, bool]]:
+    """(os path, is a symbolic link) of every file and link under the folder `top`, names
+    Spark skips left out. Links are not followed, so a loop (`sub/up -> ..`) ends here: only
+    directory entries are read, no file is opened or stat'ed."""
+    folders = [top]
+    while folders:
+        try:
+            entries = list(os.scandir(folders.pop()))
+        except OSError:  # gone, or unreadable: Spark's listing says so for itself
+            continue
+        for entry in entries:
+            if hidden(entry.name):
+                continue
+            if entry.is_symlink():
+                yield entry.path, True
+            elif entry.is_dir(follow_symlinks=False):
+                folders.append(entry.path)
+            elif entry.is_file(follow_symlinks=False):
+                yield entry.path, False

@@ -9,6 +9,11 @@ Python wherever the input has an os path: on the driver for a small local folder
 the executors, one task per batch of folders (Unity Catalog volumes are mounted there). Only
 the empty files themselves come to the driver, as rows to add to the listing. Nothing
 reaches into the JVM.
+
+Symbolic links are not followed, and a link is never listed: each file is captioned once,
+under its real path, and a loop (`sub/up -> ..`) cannot multiply the listing. Spark's scan
+would follow them, so a local folder that holds links is listed by the driver instead, and
+the progress output names the links skipped. (Volumes and object stores have no links.)
 """
 
 from __future__ import annotations
@@ -54,6 +59,13 @@ def escape_glob(path: str) -> str:
 
 def list_files(spark: SparkSession, input_path: str) -> Listing:
     """Every file under `input_path`, recursively: path, length, modificationTime."""
+    root = localfs.os_path(input_path)
+    if localfs.spark_prefix(input_path) == "file:" and root and os.path.isdir(root):
+        # Before Spark's scan, which would follow the links (into a loop, without end).
+        links = [path for path, is_link in localfs.walk(root) if is_link]
+        if links:
+            files = [path for path, is_link in localfs.walk(root) if not is_link]
+            return Listing(_listed(spark, "file:", files), _skipped(input_path, root, links))
     try:
         files = (
             spark.read.format("binaryFile")
@@ -66,7 +78,6 @@ def list_files(spark: SparkSession, input_path: str) -> Listing:
             raise InputError(f"--input {input_path} does not exist") from None
         raise
     scanned = files.select(*METADATA)
-    root = localfs.os_path(input_path)
     if root is None:
         return Listing(scanned, f"zero-length files under {input_path} cannot be listed there "
                                 "(Spark skips them) and get no row")
@@ -81,6 +92,28 @@ def list_files(spark: SparkSession, input_path: str) -> Listing:
     return Listing(scanned.unionByName(spark.createDataFrame(empty, _FOUND).select(
         "path", F.lit(0).cast("long").alias("length"),
         F.timestamp_millis("mtime_ms").alias("modificationTime"))))
+
+
+def _listed(spark: SparkSession, prefix: str, paths: list[str]) -> DataFrame:
+    """The listing of a folder with links, by the driver: path, length, modificationTime,
+    as Spark's scan gives them (times in milliseconds), empty files included."""
+    rows = []
+    for path in paths:
+        try:
+            stat = os.stat(path)
+        except OSError:  # gone since the walk
+            continue
+        rows.append((prefix + path, stat.st_size, stat.st_mtime_ns // 1_000_000))
+    frame = pd.DataFrame(rows, columns=["path", "length", "mtime_ms"])
+    return spark.createDataFrame(frame, "path STRING, length BIGINT, mtime_ms BIGINT").select(
+        "path", "length", F.timestamp_millis("mtime_ms").alias("modificationTime"))
+
+
+def _skipped(input_path: str, root: str, links: list[str]) -> str:
+    shown = ", ".join(os.path.relpath(link, root) for link in sorted(links)[:3])
+    more = f" and {len(links) - 3} more" if len(links) > 3 else ""
+    return (f"{len(links)} symbolic link(s) under {input_path} skipped, not followed (a file "
+            f"is captioned once, under its real path): {shown}{more}")
 
 
 def _empty_files(spark: SparkSession, scanned: DataFrame, input_path: str,
@@ -132,7 +165,7 @@ def _scan_folders(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
                 if entry.is_dir(follow_symlinks=False):
                     if entry.path not in leads:
                         rows += _walk(prefix, entry.path) or []
-                elif entry.is_file():
+                elif entry.is_file(follow_symlinks=False):
                     rows += _if_empty(prefix, entry.path)
         yield pd.DataFrame(rows, columns=["path", "mtime_ms"])
 

@@ -5,7 +5,7 @@ CREATE TABLE IF NOT EXISTS IDENTIFIER(:runs_table) (
   run_id STRING NOT NULL,
   started_at TIMESTAMP,
   ended_at TIMESTAMP,
-  status STRING COMMENT 'running, succeeded or failed',
+  status STRING COMMENT 'running, succeeded, interrupted or failed',
   mode STRING COMMENT 'udf or sql',
   endpoint STRING,
   prompt_id STRING,

@@ -18,6 +18,7 @@ callers; nothing imports back.
 from __future__ import annotations
 
 import json
+import signal
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -28,6 +29,7 @@ from pyspark.sql import SparkSession
 from pipeline import sink, source
 from pipeline.auth import Credentials
 from pipeline.config import RunConfig
+from pipeline.interrupts import Interrupted, Stop
 from pipeline.progress import Update, terminal, update
 from pipeline.runs import loop, sql
 from pipeline.runs.callers import DriverCaller, ExecutorCaller
@@ -45,14 +47,20 @@ def run(
     spark: SparkSession | None = None,
     progress: Callable[[Update | str], None] = terminal,
     started: float | None = None,
+    stop: Stop | None = None,
 ) -> RunResult:
     """Caption `config.input` into `config.table`. `started` is when the command began
-    (epoch seconds): every duration the run reports counts from there."""
+    (epoch seconds): every duration the run reports counts from there. A `stop` (thrown by
+    Ctrl-C or SIGTERM, pipeline/interrupts.py) ends the run early, in good order: it is
+    recorded as `interrupted` and Interrupted is raised, carrying the result."""
     started = time.time() if started is None else started
+    stop = stop or Stop()
     ctx = context(config, credentials)  # settings errors come before Spark starts
     before_spark = time.time()
     spark = spark or get_spark(kind=config.spark)
     spark_seconds = time.time() - before_spark
+    if stop.installed:
+        stop.install()  # again: a classic SparkContext has just put in its own SIGINT handler
     result = RunResult(ctx.run_id, sink.named(config.table).display, started=started,
                        spark_seconds=spark_seconds)
     result.timeline.append((0, "spark", before_spark - started, result.tick()))
@@ -67,6 +75,9 @@ def run(
     recorder = Recorder(spark, ctx, result, made)
     if planned_against.created and config.mode == "udf":
         recorder.start()  # a table made just now holds nothing: there is work, say so early
+    # Until the batch loop takes over, a stop interrupts what Spark is doing: nothing has
+    # been asked, so nothing is lost. The tables are left to be made, for the run's row.
+    stop.halting_with(lambda: (made.exception(), spark.interruptAll()))
     try:
         listing = listed.result()
         if listing.note:
@@ -75,18 +86,31 @@ def run(
             recorder.start().result()
             sql.caption(spark, ctx, listing, result, progress)
         else:
-            _batches(spark, ctx, listing, result, progress, recorder)
+            _batches(spark, ctx, listing, result, progress, recorder, stop)
+        if stop.requested:
+            raise Interrupted(stop.signum or signal.SIGINT)
         result.status = "succeeded"
     except BaseException as exc:
-        result.status = "failed"
-        message = str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__
+        stopped = stop.requested or isinstance(exc, KeyboardInterrupt)
+        result.status = "interrupted" if stopped else "failed"
+        message = (f"interrupted by {_signal_name(stop.signum)}" if stopped
+                   else str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__)
+        stop.halting_with(lambda: None)  # the run's row is being written: let it be
+        stop.wait_halted()
         try:
             recorder.finish(message)
         except Exception:  # the run's own failure is the one to report
             pass
+        if stopped:
+            raise Interrupted(stop.signum or signal.SIGINT, result) from None
         raise
+    stop.halting_with(lambda: None)  # done: a signal now leaves the run's last row be
     recorder.finish(None)
     return result
+
+
+def _signal_name(signum: int | None) -> str:
+    return signal.Signals(signum or signal.SIGINT).name
 
 
 def _timed(stage: str, result: RunResult, action, *args):
@@ -116,7 +140,7 @@ def _planned_against(spark: SparkSession, config: RunConfig,
 
 
 def _batches(spark: SparkSession, ctx: RunContext, listing: source.Listing, result: RunResult,
-             progress: Callable[[Update | str], None], recorder: Recorder) -> None:
+             progress: Callable[[Update | str], None], recorder: Recorder, stop: Stop) -> None:
     path = Grouped(spark, ctx) if ctx.config.group_by is not None else Singles(spark, ctx)
     began = result.tick()
     plan = path.plan(listing)
@@ -126,11 +150,12 @@ def _batches(spark: SparkSession, ctx: RunContext, listing: source.Listing, resu
               if plan.groups is not None else "")
     progress(update("planned", result, plan.pending, plan.batches, detail=detail,
                     approximate=plan.approximate))
-    if not plan.pending:
+    if not plan.pending or stop.requested:
         return
     started = recorder.start()
     with caller_for(spark, ctx, path.by_group) as caller:
-        loop.drive(path, plan, caller, result, progress, before_writing=started)
+        loop.drive(path, plan, caller, result, progress, before_writing=started, stop=stop,
+                   interrupt=spark.interruptAll)
 
 
 def caller_for(spark: SparkSession, ctx: RunContext,
@@ -181,8 +206,8 @@ class Recorder:
         if self._started is None:
             sink.insert_run(self.spark, tables, row)
             return
-        self._started.result()
-        sink.upsert_run(self.spark, tables, row)
+        self._started.exception()  # wait for it; it may have failed (a stop interrupted it)
+        sink.upsert_run(self.spark, tables, row)  # a MERGE: with or without the running row
 
     def _row(self, error: str | None) -> dict:
         r, ctx = self.result, self.ctx

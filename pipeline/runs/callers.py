@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -27,6 +28,7 @@ from pyspark.sql import DataFrame, Row, SparkSession
 
 from pipeline.asking import CallPlan, LoopThread, Member
 from pipeline.client import CaptionClient
+from pipeline.interrupts import Stop
 from pipeline.spark import parallelism
 from pipeline.udfs import answer_schema, ask_in_tasks
 
@@ -69,6 +71,8 @@ class ExecutorCaller:
 
     def __init__(self, spark: SparkSession, plan: CallPlan) -> None:
         self.spark, self.plan = spark, plan
+        self._idle = threading.Event()  # no asking job is running
+        self._idle.set()
 
     def __enter__(self) -> ExecutorCaller:
         return self
@@ -84,12 +88,21 @@ class ExecutorCaller:
             return 1
         return max(1, min(wanted, units, parallelism(self.spark) // 2))
 
-    def ask(self, ask: Ask) -> Future:
-        """Runs the batch's asking job; returns its answers when it is done."""
+    def ask(self, ask: Ask, stop: Stop) -> Future:
+        """Runs the batch's asking job; returns its answers when it is done. The tasks cannot
+        hear a stop: the job runs on, and is interrupted if it outlives the grace."""
         tasks = self.tasks(ask.units)
         plan = replace(self.plan, tasks=tasks)
         frame = arrange(ask, tasks).mapInPandas(ask_in_tasks(plan), answer_schema(plan))
-        return completed([r.asDict(recursive=True) for r in frame.collect()])
+        self._idle.clear()
+        try:
+            return completed([r.asDict(recursive=True) for r in frame.collect()])
+        finally:
+            self._idle.set()
+
+    def settle(self, deadline: float) -> None:
+        """Wait, until `deadline` (time.monotonic), for the asking job to end."""
+        self._idle.wait(max(0.0, deadline - time.monotonic()))
 
     def cancel(self) -> None:
         return None
@@ -118,12 +131,20 @@ class DriverCaller:
         finally:
             self._runner.__exit__(None, None, None)
 
-    def ask(self, ask: Ask) -> Future:
+    def ask(self, ask: Ask, stop: Stop) -> Future:
         """Hands the batch's images to the run's client as they stream in; returns once they
-        are all handed over, with a future of the answers."""
-        futures = [self._submit(unit) for unit in self.plan.units(
-            _members(arrange(ask, None).toLocalIterator(prefetchPartitions=True),
-                     ask.by_group))]
+        are all handed over, with a future of the answers. On a stop, the images not yet
+        handed over stay unasked, and the answers are those of what was."""
+        futures: list[Future] = []
+        try:
+            for unit in self.plan.units(_members(
+                    arrange(ask, None).toLocalIterator(prefetchPartitions=True), ask.by_group)):
+                if stop.requested:
+                    break
+                futures.append(self._submit(unit))
+        except Exception:
+            if not stop.requested:  # a stream cut by the stop's interrupt is no failure
+                raise
         return gathered(futures)
 
     def _submit(self, unit: list[Member]) -> Future:
@@ -143,6 +164,15 @@ class DriverCaller:
         future.add_done_callback(finished)
         return future
 
+    def settle(self, deadline: float) -> None:
+        """A stop: no request starts from now on; those sent may answer until `deadline`
+        (time.monotonic); then whatever is left is cancelled."""
+        self._runner.submit(self._client.limit.close()).result(timeout=10)
+        with self._lock:
+            outstanding = list(self._outstanding)
+        wait(outstanding, timeout=max(0.0, deadline - time.monotonic()))
+        self.cancel()
+
     def cancel(self) -> None:
         """Stop asking: the requests not yet answered are cancelled."""
         with self._lock:
@@ -158,7 +188,8 @@ def _members(rows: Iterable[Row], by_group: bool) -> Iterator[Member]:
 
 
 def gathered(futures: list[Future]) -> Future:
-    """One future of all the answers, in order, once every request has finished."""
+    """One future of all the answers, in order, once every request has finished. A request
+    cancelled (by a stop) has no answer, and its images no row: a rerun asks them."""
     if not futures:
         return completed([])
     gathered: Future = Future()
@@ -172,8 +203,9 @@ def gathered(futures: list[Future]) -> Future:
         if not last:
             return
         try:
-            gathered.set_result([row for f in futures for row in f.result()])
-        except BaseException as exc:  # a cancelled request, or one that raised
+            gathered.set_result([row for f in futures if not f.cancelled()
+                                 for row in f.result()])
+        except BaseException as exc:  # a request that raised
             gathered.set_exception(exc)
 
     for future in futures:

@@ -54,9 +54,16 @@ class Grouped:
     def rows(self, prepared: Prepared, parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
         ctx = self.ctx
         answers = {m["path"]: m for part in parts for m in groups.member_results(part)}
+        # A group a stop cut short (a request of it cancelled) gets no row at all, neither its
+        # members nor itself: a rerun asks it whole.
+        asked = {f["path"] for f in prepared.valid()}
+        cut = {e.group_key for e in prepared.batch.entries
+               if e.path in asked and e.path not in answers}
         out = []
         for entry in prepared.batch.entries:
             facts = prepared.facts.get(entry.path)
+            if entry.group_key in cut:
+                continue
             if entry.path in prepared.refused:
                 out.append(rows.invalid(ctx, entry, facts, prepared.refused[entry.path]))
             elif facts is not None and facts["error_class"] is not None:
@@ -64,7 +71,8 @@ class Grouped:
             else:
                 assert facts is not None
                 out.append(rows.answered(ctx, entry, facts, answers[entry.path]))
-        self._groups_rows[prepared.batch.number] = self._group_rows(prepared, parts)
+        self._groups_rows[prepared.batch.number] = [
+            r for r in self._group_rows(prepared, parts) if r["group_key"] not in cut]
         return out
 
     def _group_rows(self, prepared: Prepared, parts: list[dict[str, Any]]) -> list[dict]:

@@ -8,6 +8,11 @@ batches overlapping so the endpoint never waits for Spark.
 At most IN_FLIGHT batches are between "requests started" and "rows committed": that is what
 a `kill -9` can lose, and so what a rerun may pay for twice (see README). One batch waits
 prepared ahead of the one being asked, so its images are ready the moment they are wanted.
+
+A stop (Ctrl-C, SIGTERM: pipeline/interrupts.py) ends the loop in good order: no batch is
+asked after it, the requests already sent get GRACE_S to answer, everything answered is
+committed, and only then is Spark's remaining work (the batch being prepared, an asking job
+that outlived the grace) interrupted, between two commits.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from typing import Any, Protocol
 
+from pipeline.interrupts import GRACE_S, Stop
 from pipeline.progress import Update, update
 from pipeline.runs.callers import Ask
 from pipeline.runs.context import RunResult
@@ -43,15 +49,19 @@ class RunPath(Protocol):
 
 
 class Caller(Protocol):
-    def ask(self, ask: Ask) -> Future: ...
+    def ask(self, ask: Ask, stop: Stop) -> Future: ...
+    def settle(self, deadline: float) -> None: ...
     def cancel(self) -> None: ...
 
 
 def drive(path: RunPath, plan: Plan, caller: Caller, result: RunResult,
-          progress: Callable[[Update], None], before_writing: Future | None = None) -> None:
-    """Run every batch of `plan`, and return once the last one is committed. No row is
-    written before `before_writing` is done (the runs-table row that says the run started),
-    so every row of the captions table names a run the runs table knows."""
+          progress: Callable[[Update], None], before_writing: Future | None = None,
+          stop: Stop | None = None, interrupt: Callable[[], object] = lambda: None) -> None:
+    """Run every batch of `plan`, and return once the last one is committed, or once what
+    was answered before a `stop` is. No row is written before `before_writing` is done (the
+    runs-table row that says the run started), so every row of the captions table names a
+    run the runs table knows. `interrupt` ends Spark's work in progress (spark.interruptAll)."""
+    stop = stop or Stop()
     slots = threading.BoundedSemaphore(IN_FLIGHT)
 
     def prepared_batches() -> Iterator[Prepared]:
@@ -61,17 +71,31 @@ def drive(path: RunPath, plan: Plan, caller: Caller, result: RunResult,
             _stamp(result, batch.number, "prepare", began)
             yield prepared
 
-    with Ahead(prepared_batches(), PREPARED_AHEAD) as ready, \
+    with Ahead(prepared_batches(), PREPARED_AHEAD, stop) as ready, \
             Committer(path, plan, result, progress, slots, before_writing) as committer:
+
+        def halt() -> None:
+            """On a stop: answers in, then Spark's leftover work interrupted between commits."""
+            caller.settle(time.monotonic() + GRACE_S)
+            if before_writing is not None:  # the run's row: every commit needs it
+                before_writing.exception()
+            with committer.between_commits():
+                interrupt()
+
+        stop.halting_with(halt)
         try:
             for prepared in ready:
                 committer.check()
                 slots.acquire()
                 committer.check()
+                if stop.requested:
+                    slots.release()
+                    prepared.release()
+                    break
                 asked_at = result.tick()
                 try:
                     wanted = path.ask(prepared)
-                    answers = caller.ask(wanted) if wanted is not None else _nothing()
+                    answers = caller.ask(wanted, stop) if wanted is not None else _nothing()
                 finally:
                     prepared.release()  # the images are asked about, or never will be
                 answers.add_done_callback(
@@ -81,6 +105,9 @@ def drive(path: RunPath, plan: Plan, caller: Caller, result: RunResult,
         except BaseException:
             caller.cancel()  # what is answered still commits; the rest stops
             raise
+        finally:
+            stop.halting_with(_nothing_left)  # a signal from now on only marks the run
+            stop.wait_halted()  # a halt under way ends before the run's row is written
 
 
 class Committer:
@@ -97,6 +124,7 @@ class Committer:
         self._waiting: deque[tuple[Prepared, Future]] = deque()
         self._changed = threading.Condition()
         self._closing = False
+        self._writing = threading.Lock()  # held while a batch is written
         self._error: BaseException | None = None
         self._done_files = 0
         self._thread = threading.Thread(target=self._run, daemon=True,
@@ -121,6 +149,10 @@ class Committer:
         """Raise the commit thread's error, if it had one."""
         if self._error is not None:
             raise self._error
+
+    def between_commits(self) -> threading.Lock:
+        """Held, no commit is under way and none starts (`with committer.between_commits():`)."""
+        return self._writing
 
     def finish(self) -> None:
         """Wait until every submitted batch is committed."""
@@ -157,7 +189,8 @@ class Committer:
             if self.before_writing is not None:
                 self.before_writing.result()
             began = self.result.tick()
-            self.path.write([p for p, _ in group], [r for batch in rows for r in batch])
+            with self._writing:
+                self.path.write([p for p, _ in group], [r for batch in rows for r in batch])
             for prepared, _ in group:
                 _stamp(self.result, prepared.batch.number, "commit", began)
         finally:
@@ -170,6 +203,10 @@ class Committer:
             self.progress(update("batch", self.result, self.plan.pending, self.plan.batches,
                                  prepared.batch.number, self.path.detail(), self._done_files,
                                  self.plan.approximate))
+
+
+def _nothing_left() -> None:
+    return None
 
 
 def _nothing() -> Future:
@@ -187,8 +224,9 @@ class Ahead:
 
     _END = object()
 
-    def __init__(self, items: Iterator[Any], depth: int) -> None:
+    def __init__(self, items: Iterator[Any], depth: int, stop: Stop | None = None) -> None:
         self._items = items
+        self._stopped = stop or Stop()  # the consumer is let go at once on a stop
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._fill, daemon=True,
@@ -231,7 +269,12 @@ class Ahead:
 
     def _drain(self) -> Iterator[Any]:
         while True:
-            item = self._queue.get()
+            try:
+                item = self._queue.get(timeout=0.1)
+            except queue.Empty:
+                if self._stopped.requested:
+                    return
+                continue
             if item is self._END:
                 return
             if isinstance(item, _Failure):

@@ -114,7 +114,10 @@ class Singles:
         ctx = self.ctx
         by_path = {a["path"]: a for a in answers}
         asked = self._asked.pop(prepared.batch.number, {})
-        self.reuse.settle({sha: (path, by_path[path]) for sha, path in asked.items()})
+        # Every asked file has its answer, unless a stop cancelled its request: then it gets
+        # no row (nor do its twins), and a rerun asks it.
+        self.reuse.settle({sha: (path, by_path[path]) for sha, path in asked.items()
+                           if path in by_path})
         out = []
         for entry in prepared.batch.entries:
             facts = prepared.facts.get(entry.path)
@@ -131,10 +134,14 @@ class Singles:
                 source = None if stored["path"] == entry.path else stored["path"]
                 out.append(rows.answered(ctx, entry, facts, stored, source, paid=False))
             elif asked.get(sha) == entry.path:
-                out.append(rows.answered(ctx, entry, facts, by_path[entry.path]))
+                if entry.path in by_path:
+                    out.append(rows.answered(ctx, entry, facts, by_path[entry.path]))
             else:  # the same bytes as a file this run asked about, here or in a batch before
-                owner, answer = self.reuse.answer(sha) or (asked[sha], by_path[asked[sha]])
-                out.append(rows.answered(ctx, entry, facts, answer, owner, paid=False))
+                found = self.reuse.answer(sha) or (
+                    (asked[sha], by_path[asked[sha]]) if asked.get(sha) in by_path else None)
+                if found is not None:
+                    owner, answer = found
+                    out.append(rows.answered(ctx, entry, facts, answer, owner, paid=False))
         return out
 
     def write(self, batches: list[Prepared], captions: list[dict[str, Any]]) -> None:

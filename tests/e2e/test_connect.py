@@ -6,6 +6,7 @@ with SPARK_REMOTE set, and the tables it writes are read back with the classic s
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections import Counter
@@ -156,3 +157,12 @@ def test_the_report_of_a_connect_run_opens_in_the_browser(spark, serve, connect_
         check_page(driver, out, rows)
     finally:
         driver.quit()
+
+
+def test_ctrl_c_on_connect_saves_what_was_answered_and_a_rerun_resumes(
+    spark, serve, connect_session, tmp_path
+) -> None:
+    from tests.e2e.test_interrupts import interrupted_then_resumed
+
+    interrupted_then_resumed(spark, serve, tmp_path, signal.SIGINT, session=connect_session,
+                             twice=False)

@@ -9,7 +9,7 @@ from chispa import assert_df_equality
 from pyspark.sql import functions as F
 
 from pipeline import runs as runner
-from pipeline import sink
+from pipeline import sink, source
 from pipeline.local_endpoint import Faults
 from tests import files
 
@@ -260,3 +260,38 @@ def test_structured_answers_fill_response_json_and_the_caption_field(
     plain = run_config(folder)
     runner.run(plain, creds, spark, progress=lambda _: None)
     assert table(spark, cfg).select("prompt_id").distinct().count() == 2
+
+
+def test_links_are_not_followed_so_a_loop_ends_and_each_file_is_captioned_once(
+    spark, serve, run_config, tmp_path
+) -> None:
+    """The loop of #15: `sub/loop -> ..` made 2 images into 82 rows, 40 folders deep."""
+    files.write_photos(tmp_path / "in", 2, "photo {}.jpg", lambda i: (40 + i, 30))
+    (tmp_path / "in" / "sub").mkdir()
+    (tmp_path / "in" / "sub" / "loop").symlink_to("..", target_is_directory=True)
+    (tmp_path / "in" / "twin.jpg").symlink_to(tmp_path / "in" / "photo 0.jpg")
+    files.write_photos(tmp_path / "elsewhere", 1, "far {}.jpg", lambda i: (20, 20))
+    (tmp_path / "in" / "far.jpg").symlink_to(tmp_path / "elsewhere" / "far 0.jpg")
+    (tmp_path / "in" / "sub" / "empty.jpg").write_bytes(b"")  # still found, as without links
+    endpoint, creds = serve()
+    cfg = run_config(tmp_path / "in")
+    said: list[str] = []
+    result = runner.run(cfg, creds, spark, progress=lambda u: said.append(str(u)))
+
+    rows = by_name(table(spark, cfg))
+    assert sorted(rows) == ["empty.jpg", "photo 0.jpg", "photo 1.jpg"]
+    assert all("/loop/" not in r["path"] for r in rows.values())
+    assert rows["empty.jpg"]["error_class"] == "empty_file"
+    assert result.listed == 3 and endpoint.stats()["requests"] == 2
+    (note,) = [line for line in said if "symbolic link" in line]
+    assert note.startswith(f"3 symbolic link(s) under {tmp_path / 'in'} skipped, not followed")
+    assert note.endswith("far.jpg, sub/loop, twin.jpg")
+    # The listing from the driver carries what Spark's would: the same lengths and times.
+    listed = {r.path: r for r in source.list_files(spark, str(tmp_path / "in")).files.collect()}
+    scanned = {r.path: r for r in spark.read.format("binaryFile")
+               .load(str(tmp_path / "in" / "photo*.jpg")).select(*source.METADATA).collect()}
+    assert all(listed[p] == row for p, row in scanned.items())
+    # estimate says the same, before any run.
+    from pipeline.estimate import estimate, render
+
+    assert "3 symbolic link(s)" in render(estimate(cfg, spark)).splitlines()[-1]

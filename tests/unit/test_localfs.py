@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from pipeline import localfs
@@ -41,3 +43,13 @@ def test_the_prefix_spark_lists_an_input_with(path: str, prefix: str) -> None:
 ])
 def test_names_spark_skips(name: str, hidden: bool) -> None:
     assert localfs.hidden(name) is hidden
+
+
+def test_the_walk_does_not_follow_links_and_ends_on_a_loop(tmp_path) -> None:
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "b" / "x.jpg").write_bytes(b"x")
+    (tmp_path / "a" / "b" / "up").symlink_to("../..", target_is_directory=True)
+    (tmp_path / "a" / "y.jpg").symlink_to(tmp_path / "a" / "b" / "x.jpg")
+    (tmp_path / "a" / ".hidden.jpg").write_bytes(b"h")
+    found = sorted((os.path.relpath(p, tmp_path), link) for p, link in localfs.walk(str(tmp_path)))
+    assert found == [("a/b/up", True), ("a/b/x.jpg", False), ("a/y.jpg", True)]
