@@ -35,7 +35,7 @@ METADATA = ("path", "length", "modificationTime")
 _FOUND = "path STRING, mtime_ms BIGINT"  # an empty file, with its time as Hadoop gives it
 _PARENT = r"^(.*)/[^/]*$"
 
-# A local folder with at most this many entries is searched for empty files by the driver
+# A local folder with at most this many files is searched for empty files by the driver
 # itself, in well under a second; a larger one, or a volume, by the executors.
 DRIVER_WALK_LIMIT = 20_000
 
@@ -172,19 +172,15 @@ def _scan_folders(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
 
 def _walk(prefix: str, top: str, limit: int | None = None) -> list[tuple[str, int]] | None:
     """Every empty file under `top` (or `top` itself), hidden names skipped as Spark skips
-    them; None once more than `limit` entries were looked at."""
+    them; None once more than `limit` files were looked at."""
     if os.path.isfile(top):
         return _if_empty(prefix, top)
     rows: list[tuple[str, int]] = []
-    seen = 0
-    for current, subfolders, names in os.walk(top):
-        subfolders[:] = [d for d in subfolders if not localfs.hidden(d)]
-        seen += len(subfolders) + len(names)
+    for seen, (path, is_link) in enumerate(localfs.walk(top), 1):
         if limit is not None and seen > limit:
             return None
-        for name in names:
-            if not localfs.hidden(name):
-                rows += _if_empty(prefix, os.path.join(current, name))
+        if not is_link:
+            rows += _if_empty(prefix, path)
     return rows
 
 
