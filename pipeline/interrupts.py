@@ -97,6 +97,11 @@ class Stop:
             raise Interrupted(signum)
 
 
+def only_mark() -> None:
+    """The halt once nothing is left to stop (the run is writing its last row): the signal
+    only marks the run as stopped."""
+
+
 def _quietly(halt: Callable[[], None]) -> None:
     try:
         halt()

@@ -29,7 +29,7 @@ from pyspark.sql import SparkSession
 from pipeline import sink, source
 from pipeline.auth import Credentials
 from pipeline.config import RunConfig
-from pipeline.interrupts import Interrupted, Stop
+from pipeline.interrupts import Interrupted, Stop, only_mark
 from pipeline.progress import Update, terminal, update
 from pipeline.runs import loop, sql
 from pipeline.runs.callers import DriverCaller, ExecutorCaller
@@ -95,7 +95,7 @@ def run(
         result.status = "interrupted" if stopped else "failed"
         message = (f"interrupted by {_signal_name(stop.signum)}" if stopped
                    else str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__)
-        stop.halting_with(lambda: None)  # the run's row is being written: let it be
+        stop.halting_with(only_mark)  # the run's row is being written: let it be
         stop.wait_halted()
         try:
             recorder.finish(message)
@@ -104,7 +104,7 @@ def run(
         if stopped:
             raise Interrupted(stop.signum or signal.SIGINT, result) from None
         raise
-    stop.halting_with(lambda: None)  # done: a signal now leaves the run's last row be
+    stop.halting_with(only_mark)  # done: a signal now leaves the run's last row be
     recorder.finish(None)
     return result
 

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from typing import Any, Protocol
 
-from pipeline.interrupts import GRACE_S, Stop
+from pipeline.interrupts import GRACE_S, Stop, only_mark
 from pipeline.progress import Update, update
 from pipeline.runs.callers import Ask
 from pipeline.runs.context import RunResult
@@ -106,7 +106,7 @@ def drive(path: RunPath, plan: Plan, caller: Caller, result: RunResult,
             caller.cancel()  # what is answered still commits; the rest stops
             raise
         finally:
-            stop.halting_with(_nothing_left)  # a signal from now on only marks the run
+            stop.halting_with(only_mark)
             stop.wait_halted()  # a halt under way ends before the run's row is written
 
 
@@ -203,10 +203,6 @@ class Committer:
             self.progress(update("batch", self.result, self.plan.pending, self.plan.batches,
                                  prepared.batch.number, self.path.detail(), self._done_files,
                                  self.plan.approximate))
-
-
-def _nothing_left() -> None:
-    return None
 
 
 def _nothing() -> Future:
