@@ -90,9 +90,11 @@ def rate(stats: dict) -> tuple[float, float]:
 
 
 def command(*args: str, cwd: Path, token: str | None = None, env: dict | None = None,
-            pythonpath: Path | None = None, timeout: float = 1800) -> tuple[float, str]:
+            pythonpath: Path | None = None, timeout: float = 1800,
+            program: tuple[str, ...] = ("-m", "pipeline.cli")) -> tuple[float, str]:
     """`vision-batch ARGS` as a fresh process: its wall time (interpreter start, JVM start
-    and all) and what it printed; it must succeed."""
+    and all) and what it printed; it must succeed. `program` runs another entry point with
+    the same arguments (a baseline variant of the command)."""
     full = {k: v for k, v in os.environ.items()
             if not k.startswith(("DATABRICKS_", "SPARK_REMOTE"))}
     full.update(env or {})
@@ -101,7 +103,7 @@ def command(*args: str, cwd: Path, token: str | None = None, env: dict | None = 
     if pythonpath is not None:  # another checkout of the code, with this environment's deps
         full["PYTHONPATH"] = str(pythonpath)
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=cwd, env=full,
+    done = subprocess.run([sys.executable, *program, *args], cwd=cwd, env=full,
                           capture_output=True, text=True, timeout=timeout)
     wall = time.perf_counter() - started
     if done.returncode != 0:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import math
 import threading
 from collections.abc import Coroutine, Iterable, Iterator
 from concurrent.futures import Future
@@ -19,13 +18,15 @@ from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
 from pipeline.client import CallResult, CaptionClient, ClientSettings
+from pipeline.pacing import HELD, NAMES, Cost
 from pipeline.packing import apportion_usage, packed_spec, parse_packed, request_room, split
-from pipeline.payloads import PromptSpec, Usage, caption_parser, chat_body, encode
+from pipeline.payloads import PromptSpec, Usage, caption_parser, chat_body, encode, text_tokens
 
-# The answer fields of one image (the captions table's, plus `throttled` for the totals).
+# The answer fields of one image (the captions table's, plus `throttled`, `request_share` and
+# HELD for the run's totals).
 CAPTIONED = ("status", "caption", "response_json", "prompt_tokens", "completion_tokens",
              "total_tokens", "usage_source", "attempts", "latency_ms", "error_class",
-             "error_message", "throttled", "request_share")
+             "error_message", "throttled", "request_share", *HELD)
 # One request of a group: which images it carried, then its answer.
 GROUP_PART = ("group_key", "part", "paths", "tokens", *CAPTIONED)
 
@@ -61,7 +62,8 @@ class CallPlan:
         budget, tasks = self.client.concurrency, self.tasks
         share = budget // tasks + (1 if partition % tasks < budget % tasks else 0)
         rpm = self.client.rpm / tasks if self.client.rpm else None
-        return replace(self.client, concurrency=max(1, share), rpm=rpm)
+        limits = replace(self.client.limits, share=1 / tasks)
+        return replace(self.client, concurrency=max(1, share), rpm=rpm, limits=limits)
 
     @functools.cached_property
     def room(self) -> tuple[int, int]:
@@ -115,9 +117,20 @@ def _by_group(members: Iterable[Member]) -> Iterator[list[Member]]:
         yield group
 
 
+def held(result: CallResult, images: int = 1) -> dict[str, float]:
+    """The HELD fields of one of `images` that shared a request."""
+    return {field: result.held_s.get(name, 0.0) / images for name, field in zip(NAMES, HELD,
+                                                                                  strict=True)}
+
+
+def cost(spec: PromptSpec, image_tokens: int) -> Cost:
+    """What a request takes from the token limits: its estimated input, its max_tokens."""
+    return Cost(text_tokens(spec.prompt) + image_tokens, spec.max_tokens)
+
+
 def failed_row(result: CallResult, images: int = 1) -> dict:
     """A CAPTIONED row for a request that got no usable answer; `images` shared it."""
-    return {
+    return {**held(result, images),
         "status": "failed", "caption": None, "response_json": None,
         "prompt_tokens": None, "completion_tokens": None, "total_tokens": None,
         "usage_source": None, "attempts": result.attempts, "latency_ms": result.latency_ms,
@@ -132,10 +145,11 @@ def caption_row(result: CallResult, spec: PromptSpec, image_tokens: int) -> dict
     answer = result.answer
     usage, source = answer.usage, "endpoint"
     if usage.prompt_tokens is None or usage.completion_tokens is None:
-        prompt = image_tokens + math.ceil(len(spec.prompt) / 4)
-        completion = math.ceil(len(answer.response_json or answer.caption) / 4)
+        prompt = image_tokens + text_tokens(spec.prompt)
+        completion = text_tokens(answer.response_json or answer.caption)
         usage, source = type(usage)(prompt, completion, prompt + completion), "estimated"
     return {
+        **held(result),
         "status": "ok", "caption": answer.caption, "response_json": answer.response_json,
         "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.total_tokens
@@ -162,11 +176,14 @@ async def ask(
     structured = spec.response_schema is not None
     if len(images) == 1 or alone:
         body = encode(chat_body(spec, images, plan.model))
-        result = await client.call(body, caption_parser(spec.caption_field, structured))
+        result = await client.call(body, caption_parser(spec.caption_field, structured),
+                                   cost(spec, sum(tokens)))
         return [caption_row(result, spec, sum(tokens))]
     count = len(images)
-    body = encode(chat_body(packed_spec(spec, count), images, plan.model))
-    result = await client.call(body, functools.partial(parse_packed, count=count, spec=spec))
+    packed_as = packed_spec(spec, count)
+    body = encode(chat_body(packed_as, images, plan.model))
+    result = await client.call(body, functools.partial(parse_packed, count=count, spec=spec),
+                               cost(packed_as, sum(tokens)))
     packed = result.answer
     if packed is not None and packed.answers is not None:
         shares = apportion_usage(packed.usage, tokens)
@@ -191,12 +208,12 @@ def _packed_row(
 ) -> dict:
     """A row answered inside a packed request: its answer, its share of the usage."""
     single = CallResult(replace(answer, usage=share or Usage(None, None, None)), None, None,
-                        result.attempts, result.latency_ms, result.throttled)
+                        result.attempts, result.latency_ms, result.throttled, result.held_s)
     row = caption_row(single, spec, token)
     if share is not None:
         row["usage_source"] = "apportioned"
     row["request_share"] = result.attempts / count
-    return row
+    return {**row, **held(result, count)}
 
 
 def _with_packed_attempt(row: dict, packed: CallResult, count: int, paid: Usage | None) -> dict:
@@ -204,7 +221,8 @@ def _with_packed_attempt(row: dict, packed: CallResult, count: int, paid: Usage 
     request, and carries its share of what that request cost."""
     row = {**row, "attempts": row["attempts"] + packed.attempts,
            "request_share": row["request_share"] + packed.attempts / count,
-           "throttled": row["throttled"] + packed.throttled}
+           "throttled": row["throttled"] + packed.throttled,
+           **{k: v + row[k] for k, v in held(packed, count).items()}}
     if paid is not None:
         for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
             row[key] = (row[key] or 0) + getattr(paid, key)

@@ -25,6 +25,7 @@ from pipeline.client import EndpointError, preflight  # noqa: E402
 from pipeline.config import CALLERS, LOCAL_ENDPOINT, SESSIONS, ConfigError, RunConfig  # noqa: E402
 from pipeline.interrupts import Interrupted, Stop  # noqa: E402
 from pipeline.limits import LimitsError, load_catalog  # noqa: E402
+from pipeline.pacing import held_back  # noqa: E402
 from pipeline.resources import samples_dir  # noqa: E402
 
 if TYPE_CHECKING:
@@ -60,6 +61,12 @@ def _input_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-concurrency", type=int, dest="max_concurrency",
                    help="requests in flight across the whole run")
     p.add_argument("--max-rpm", type=int, dest="max_rpm", help="requests per minute, whole run")
+    p.add_argument("--max-itpm", type=int, dest="max_itpm",
+                   help="input tokens per minute, whole run (a pay-per-token limit)")
+    p.add_argument("--max-otpm", type=int, dest="max_otpm",
+                   help="output tokens per minute, whole run (a pay-per-token limit)")
+    p.add_argument("--max-qph", type=int, dest="max_qph",
+                   help="queries per hour, whole run (a pay-per-token limit)")
     p.add_argument("--request-timeout", type=float, dest="request_timeout",
                    help="seconds per attempt")
     p.add_argument("--max-attempts", type=int, dest="max_attempts")
@@ -252,6 +259,9 @@ def summary(r: RunResult) -> str:
         ),
         f"  table   {r.table}",
     ]
+    held = held_back(dict(r.waited))
+    if held:
+        lines.insert(-1, f"  limits  requests {held}")
     return "\n".join(lines)
 
 

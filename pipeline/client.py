@@ -4,7 +4,8 @@ One `CaptionClient` lives in each Spark task. It keeps one pooled httpx.AsyncCli
 at most the task's share of the run's concurrency budget, halves that share when the
 endpoint answers 429 and grows it back one request per window of successes (AIMD), and
 retries what can still succeed with full-jitter exponential backoff or the server's
-Retry-After.
+Retry-After. Under pay-per-token limits it first waits for room in them (pipeline/pacing.py),
+so those 429s are avoided rather than met.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 import httpx
 
 from pipeline.auth import Credentials
+from pipeline.pacing import Cost, Pacer, Ticket, TokenLimits, oversized
 from pipeline.payloads import BadResponse, error_message
 
 # Longest wait we accept from a Retry-After header; a server asking for more is treated as
@@ -38,6 +40,7 @@ class ClientSettings:
     max_attempts: int
     concurrency: int  # this task's share of the run's budget
     rpm: float | None = None  # this task's share of the requests-per-minute cap
+    limits: TokenLimits = TokenLimits()  # the run's token and query limits, and this share
     backoff_base_s: float = 0.5
     backoff_cap_s: float = 30.0
 
@@ -54,6 +57,7 @@ class CallResult:
     attempts: int
     latency_ms: int | None
     throttled: int = 0  # how many 429s this row met
+    held_s: dict[str, float] = field(default_factory=dict)  # waits for room, by limit
 
     @property
     def ok(self) -> bool:
@@ -175,6 +179,7 @@ class CaptionClient:
         s = self.settings
         self.limit = AdaptiveLimit(s.concurrency)
         self.gate = RateGate(s.rpm)
+        self.pacer = Pacer(s.limits) if s.limits.given() else None
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(s.timeout_s, connect=min(10.0, s.timeout_s)),
             limits=httpx.Limits(
@@ -187,29 +192,46 @@ class CaptionClient:
     async def __aexit__(self, *exc: object) -> None:
         await self._http.aclose()
 
-    async def call(self, body: bytes, parse: Parser) -> CallResult:
+    async def call(self, body: bytes, parse: Parser, cost: Cost | None = None) -> CallResult:
         """Send one request body, retrying until it succeeds or cannot; `parse` reads a 200
-        body (e.g. `payloads.caption_parser(...)`) and raises BadResponse when it is unusable."""
+        body (e.g. `payloads.caption_parser(...)`) and raises BadResponse when it is unusable.
+        `cost` is what the request takes from the token limits, when the run has any."""
         s = self.settings
+        paced = self.pacer is not None and cost is not None
+        if paced and (why := oversized(s.limits, cost)):
+            return CallResult(None, "rejected", why, 0, None)
         attempt = _Attempt("connection_error", "No attempt was made.")
         throttled = 0
         latency_ms = None
+        held = dict.fromkeys(self.pacer.windows, 0.0) if paced else {}
         for number in range(1, s.max_attempts + 1):
             await self.gate.wait()
             epoch = await self.limit.acquire()  # CancelledError once the run is stopping
+            ticket: Ticket | None = None
             started = time.perf_counter()
             try:
+                if paced:
+                    ticket = await self.pacer.admit(cost)
+                    for name, seconds in ticket.held_s.items():
+                        held[name] += seconds
+                    if self.limit.closed:  # the run stopped while this waited: it ends unsent
+                        self.pacer.settle(ticket, None)
+                        ticket = None
+                        raise asyncio.CancelledError
+                    started = time.perf_counter()
                 attempt = await self._attempt(body, parse)
             finally:
                 latency_ms = int((time.perf_counter() - started) * 1000)
                 await self.limit.release(epoch, attempt.error_class == "rate_limited")
+                if ticket is not None:
+                    self.pacer.settle(ticket, spent(attempt, cost))
             if attempt.answer is not None:
-                return CallResult(attempt.answer, None, None, number, latency_ms, throttled)
+                return CallResult(attempt.answer, None, None, number, latency_ms, throttled,
+                                  held)
             throttled += attempt.error_class == "rate_limited"
             if attempt.error_class not in RETRIABLE or number == s.max_attempts:
-                return CallResult(
-                    None, attempt.error_class, attempt.message, number, latency_ms, throttled
-                )
+                return CallResult(None, attempt.error_class, attempt.message, number,
+                                  latency_ms, throttled, held)
             if attempt.retry_after_s is not None:
                 delay = min(attempt.retry_after_s, MAX_RETRY_AFTER_S)
             else:
@@ -240,6 +262,21 @@ class CaptionClient:
             if response.status_code in (429, 503)
             else None,
         )
+
+
+def spent(attempt: _Attempt, cost: Cost) -> Cost | None:
+    """What an attempt took from the endpoint's limits, as far as we can know: the usage of
+    an answer, nothing for a 429 (refused before any work), and for other failures the input
+    (it may have been read) and, when an answer was or may still be generated, the output."""
+    if attempt.error_class == "rate_limited":
+        return None
+    usage = getattr(attempt.answer, "usage", None)
+    if usage is not None:
+        return Cost(cost.input_tokens if usage.prompt_tokens is None else usage.prompt_tokens,
+                    cost.output_tokens if usage.completion_tokens is None
+                    else usage.completion_tokens)
+    generated = attempt.error_class in ("timeout", "connection_error", "bad_response")
+    return Cost(cost.input_tokens, cost.output_tokens if generated else 0)
 
 
 class EndpointError(RuntimeError):

@@ -77,6 +77,11 @@ class RunConfig:
     spark: str = "auto"
     max_concurrency: int = 8
     max_rpm: int | None = None
+    # A pay-per-token endpoint's limits (its page in the workspace shows them): input and
+    # output tokens per minute, queries per hour, for the whole run (pipeline/pacing.py).
+    max_itpm: int | None = None
+    max_otpm: int | None = None
+    max_qph: int | None = None
     request_timeout: float = 120.0
     max_attempts: int = 5
     max_files_per_batch: int = 1000
@@ -92,8 +97,18 @@ class RunConfig:
                     "images_per_request"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be at least 1, not {getattr(self, key)!r}")
-        if self.max_rpm is not None and self.max_rpm < 1:
-            raise ConfigError(f"max_rpm must be at least 1, not {self.max_rpm!r}")
+        for key in ("max_rpm", "max_itpm", "max_otpm", "max_qph"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be at least 1, not {getattr(self, key)!r}")
+        paced = [key for key in ("max_itpm", "max_otpm", "max_qph") if getattr(self, key)]
+        if paced and self.mode == "sql":
+            raise ConfigError(f"{paced[0]} paces vision-batch's own client (mode udf); in mode "
+                              "sql, ai_query sends the requests and Databricks paces them")
+        if self.max_otpm is not None and self.max_tokens > self.max_otpm:
+            raise ConfigError(
+                f"max_otpm is {self.max_otpm:,}, but each request reserves its max_tokens "
+                f"({self.max_tokens:,}) of output tokens: no request would fit a minute; "
+                "lower max_tokens or raise max_otpm")
         if self.request_timeout <= 0:
             raise ConfigError(f"request_timeout must be positive, not {self.request_timeout!r}")
         if not self.prompt.strip():

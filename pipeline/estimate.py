@@ -15,6 +15,8 @@ from pyspark.sql import SparkSession
 
 from pipeline import sink, source
 from pipeline.config import ConfigError, RunConfig
+from pipeline.pacing import NAMES, UNITS
+from pipeline.payloads import text_tokens
 from pipeline.runs import plan
 from pipeline.runs.context import context
 from pipeline.runs.prepare import prepare
@@ -36,6 +38,15 @@ class Estimate:
     error_classes: Counter = field(default_factory=Counter)
     packed: int = 1  # images per request
     note: str | None = None  # what the listing could not see, or skipped (links)
+    limits: dict[str, int] = field(default_factory=dict)  # rpm, itpm, otpm, qph given
+
+    def minutes_at_limits(self) -> list[tuple[str, float]]:
+        """(limit, minutes the run needs at it), the binding limit first. Output is counted
+        at max_tokens per request: an upper bound, as answers are usually shorter."""
+        needs = {"rpm": self.requests, "itpm": self.input_tokens,
+                 "otpm": self.requests * self.max_completion_tokens, "qph": self.requests * 60}
+        return sorted(((name, needs[name] / limit) for name, limit in self.limits.items()),
+                      key=lambda pair: -pair[1])
 
     @property
     def invalid(self) -> int:
@@ -55,8 +66,10 @@ def estimate(config: RunConfig, spark: SparkSession | None = None) -> Estimate:
     ctx = replace(ctx, tables=sink.find(spark, config.table))
     result = Estimate(
         ctx.endpoint, ctx.family.name, ctx.prompt_id,
-        text_tokens_per_request=math.ceil(len(ctx.spec.prompt) / 4),
+        text_tokens_per_request=text_tokens(ctx.spec.prompt),
         max_completion_tokens=ctx.spec.max_tokens,
+        limits={name: getattr(config, f"max_{name}") for name in ("rpm", *NAMES)
+                if getattr(config, f"max_{name}")},
     )
     listing = source.list_files(spark, config.input or "")
     result.note = listing.note
@@ -82,6 +95,15 @@ def estimate(config: RunConfig, spark: SparkSession | None = None) -> Estimate:
     return result
 
 
+LIMIT_UNITS = {"rpm": "requests per minute", **UNITS}
+
+
+def _duration(minutes: float) -> str:
+    if minutes < 1:
+        return "under a minute"
+    return f"about {minutes:,.0f} min" if minutes < 120 else f"about {minutes / 60:,.1f} h"
+
+
 def render(e: Estimate) -> str:
     rows = [
         ("endpoint", f"{e.endpoint} (limits: {e.family}, prompt {e.prompt_id})"),
@@ -98,6 +120,11 @@ def render(e: Estimate) -> str:
         ("output tokens", f"at most {e.requests * e.max_completion_tokens:,} "
                           f"({e.max_completion_tokens} per request)"),
     ]
+    if e.limits:
+        timed = [f"{_duration(minutes)} at {e.limits[name]:,} {LIMIT_UNITS[name]}"
+                 for name, minutes in e.minutes_at_limits()]
+        timed[0] += " (the binding limit)"
+        rows.append(("at the limits", f"{e.sendable:,} images: " + "; ".join(timed)))
     if e.note:
         rows.append(("note", e.note))
     width = max(len(k) for k, _ in rows)

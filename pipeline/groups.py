@@ -14,6 +14,7 @@ from functools import lru_cache
 from typing import Any
 
 from pipeline.config import GROUP_BY_FOLDER
+from pipeline.pacing import HELD
 from pipeline.packing import apportion_usage
 from pipeline.payloads import Usage
 
@@ -68,6 +69,7 @@ def member_results(part: dict[str, Any]) -> list[dict[str, Any]]:
             "error_message": part["error_message"],
             "throttled": part["throttled"],
             "request_share": part["attempts"] / count,
+            **{k: (part.get(k) or 0.0) / count for k in HELD},
         }
         for path, share in zip(paths, shares, strict=True)
     ]

@@ -113,6 +113,14 @@ def target_size(width: int, height: int, family: ModelFamily) -> tuple[int, int]
     return max(1, int(width * scale)), max(1, int(height * scale))
 
 
+def largest_image_tokens(family: ModelFamily) -> int:
+    """The most image tokens one image can cost once prepared for `family`: at the largest
+    size it is sent at, for shapes from square to 1:8 (tiled formulas favour long shapes)."""
+    big = 1 << 16
+    return max(family.image_tokens(*target_size(big, round(big / ratio), family))
+               for ratio in (1, 4 / 3, 3 / 2, 2, 3, 4, 6, 8))
+
+
 def prepare(
     content: bytes, family: ModelFamily, bounds: InputBounds, max_bytes: int
 ) -> Prepared | Rejected:

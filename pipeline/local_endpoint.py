@@ -37,6 +37,8 @@ from PIL import Image, UnidentifiedImageError
 
 from pipeline import describer
 from pipeline.limits import ModelFamily, load_catalog
+from pipeline.pacing import UNITS, window_s
+from pipeline.payloads import text_tokens
 
 FAULT_KINDS = ("429", "500", "502", "503", "504", "hang", "html", "drop")
 # ordered: as measured; reversed: entries in reverse order (indexes still right);
@@ -133,6 +135,12 @@ class EndpointOptions:
     # Requests admitted in any 60 s window above this get 429 with a Retry-After, like a
     # pay-per-token endpoint's queries-per-time limit.
     max_rpm: int | None = None
+    # A pay-per-token endpoint's limits: input tokens per minute (counted when a request is
+    # admitted), output tokens per minute (counted when answered; a request is refused while
+    # the minute's output is spent) and queries per hour. Past one: 429 with a Retry-After.
+    max_itpm: int | None = None
+    max_otpm: int | None = None
+    max_qph: int | None = None
     # How answers to packed requests (a list of entries with an `index`) come back: as
     # measured, or misbehaving the way models do, so the pipeline's matching can be tested.
     packed_answers: str = "ordered"
@@ -145,8 +153,10 @@ class EndpointOptions:
             raise ValueError(f"--latency-ms must be zero or more, not {self.latency_ms}")
         if self.max_concurrency is not None and self.max_concurrency < 1:
             raise ValueError(f"--max-concurrency must be at least 1, not {self.max_concurrency}")
-        if self.max_rpm is not None and self.max_rpm < 1:
-            raise ValueError(f"--max-rpm must be at least 1, not {self.max_rpm}")
+        for name in ("rpm", "itpm", "otpm", "qph"):
+            value = getattr(self, f"max_{name}")
+            if value is not None and value < 1:
+                raise ValueError(f"--max-{name} must be at least 1, not {value}")
         if self.packed_answers not in PACKED_ANSWERS:
             raise ValueError(
                 f"--packed-answers must be one of {', '.join(PACKED_ANSWERS)}, "
@@ -284,13 +294,18 @@ def pick_fault(faults: Faults, key: str, n: int) -> str | None:
     return None
 
 
+def input_tokens(request: ChatRequest, family: ModelFamily) -> int:
+    """The request's prompt tokens, counted the way the pipeline's estimates are."""
+    image_tokens = sum(family.image_tokens(m.width, m.height) for m in request.measured)
+    return text_tokens(request.prompt_text) + image_tokens
+
+
 def completion(
     model: str, content: str, request: ChatRequest, family: ModelFamily
 ) -> dict[str, Any]:
     """The chat.completion body, with usage counted the way the pipeline's estimates are."""
-    image_tokens = sum(family.image_tokens(m.width, m.height) for m in request.measured)
-    prompt_tokens = math.ceil(len(request.prompt_text) / 4) + image_tokens
-    completion_tokens = math.ceil(len(content) / 4)
+    prompt_tokens = input_tokens(request, family)
+    completion_tokens = text_tokens(content)
     if request.max_tokens is not None:
         completion_tokens = min(completion_tokens, request.max_tokens)
     return {
@@ -386,6 +401,8 @@ def _fresh_stats() -> dict[str, Any]:
         "faults": dict.fromkeys(FAULT_KINDS, 0),
         "rejected_400": 0,
         "over_rpm": 0,  # 429s from the per-minute cap
+        # 429s from the token and query limits, by the limit that refused
+        "over_itpm": 0, "over_otpm": 0, "over_qph": 0,
         "unauthorized": 0,
         "max_in_flight": 0,
         "in_flight": 0,
@@ -600,6 +617,8 @@ class LocalEndpoint:
         self._digests: set[str] = set()
         self._seen: dict[str, int] = {}  # body digest -> sightings, for fault injection
         self._admitted_at: deque[float] = deque()  # start times inside the rpm window
+        # What the token and query limits counted, over each one's window.
+        self._tallies = {name: _Tally(window_s(name)) for name in ("itpm", "otpm", "qph")}
         self._connections: dict[socket.socket, threading.Thread] = {}
         self._thread: threading.Thread | None = None
         self._server = _Server(("127.0.0.1", port), _Handler)
@@ -722,6 +741,36 @@ class LocalEndpoint:
             self._stats["over_rpm"] += 1
         return reply
 
+    def _admit_tokens(self, request: ChatRequest) -> Reply | None:
+        """None when the token and query limits admit the request (it is then counted), else
+        the refusal: a 400 for a request larger than a whole minute, or a 429."""
+        o = self.options
+        tokens = input_tokens(request, self.family)
+        if o.max_itpm is not None and tokens > o.max_itpm:
+            return error_reply(
+                400, "BAD_REQUEST",
+                f"The request has {tokens:,} input tokens; the endpoint's limit is "
+                f"{o.max_itpm:,} input tokens per minute.")
+        needs = {"itpm": (o.max_itpm, tokens), "otpm": (o.max_otpm, 1), "qph": (o.max_qph, 1)}
+        with self._lock:
+            now = time.monotonic()
+            waits = {name: self._tallies[name].wait(need, limit, now)
+                     for name, (limit, need) in needs.items() if limit is not None}
+            refused = max(waits, key=waits.get, default=None)
+            if refused is None or waits[refused] == 0.0:
+                self._tallies["itpm"].add(tokens, now)
+                self._tallies["qph"].add(1, now)
+                return None
+            self._stats[f"over_{refused}"] += 1
+        return error_reply(
+            429, "REQUEST_LIMIT_EXCEEDED",
+            f"The endpoint's limit of {needs[refused][0]:,} {UNITS[refused]} is exceeded.",
+            headers=(("Retry-After", str(max(1, math.ceil(waits[refused])))),))
+
+    def _count_output(self, tokens: int) -> None:
+        with self._lock:
+            self._tallies["otpm"].add(tokens, time.monotonic())
+
     def _admit(self) -> bool:
         with self._lock:
             limit = self.options.max_concurrency
@@ -811,6 +860,9 @@ class LocalEndpoint:
             request = parse_chat(payload, family)
         except BadRequest as exc:
             return error_reply(400, "BAD_REQUEST", str(exc))
+        refused = self._admit_tokens(request)
+        if refused is not None:
+            return refused
         fault = self._fault_for(body)
         faults = self.options.faults
         if fault == "429":
@@ -828,7 +880,9 @@ class LocalEndpoint:
         if fault not in _SERVER_ERRORS and fault != "html":
             content = describer.describe(list(request.measured), request.response_schema)
             content = misanswer(content, self.options.packed_answers)
-            answer = _json_bytes(completion(name, content, request, family))
+            body_out = completion(name, content, request, family)
+            self._count_output(body_out["usage"]["completion_tokens"])
+            answer = _json_bytes(body_out)
         remaining = self.options.latency_ms / 1000 - (time.monotonic() - started)
         if remaining > 0:
             self._stopping.wait(remaining)
@@ -857,6 +911,32 @@ class LocalEndpoint:
         return pick_fault(faults, key, n)
 
 
+class _Tally:
+    """Amounts counted at given times, summed over the last `seconds` (a sliding window)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.total = 0
+        self._log: deque[tuple[float, int]] = deque()
+
+    def add(self, amount: int, now: float) -> None:
+        self._log.append((now, amount))
+        self.total += amount
+
+    def wait(self, need: int, limit: int, now: float) -> float:
+        """0.0 when `need` more fits under `limit` now, else the seconds until it does."""
+        while self._log and self._log[0][0] + self.seconds <= now:
+            self.total -= self._log.popleft()[1]
+        excess = self.total + need - limit
+        if excess <= 0:
+            return 0.0
+        for at, amount in self._log:
+            excess -= amount
+            if excess <= 0:
+                return at + self.seconds - now
+        return self.seconds
+
+
 def _shutdown(sock: socket.socket) -> None:
     try:
         sock.shutdown(socket.SHUT_RDWR)
@@ -879,6 +959,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-rpm", type=int, default=None,
         help="requests per 60 s window above this get 429 with Retry-After",
     )
+    for name in ("itpm", "otpm", "qph"):
+        parser.add_argument(
+            f"--max-{name}", type=int, default=None,
+            help=f"{UNITS[name]} above this get 429 with Retry-After (a pay-per-token limit)",
+        )
     parser.add_argument(
         "--packed-answers", choices=PACKED_ANSWERS, default="ordered",
         help="how answers to packed requests come back (to test matching by index)",
@@ -912,6 +997,9 @@ def options_from_args(args: argparse.Namespace, token: str) -> EndpointOptions:
         latency_ms=args.latency_ms,
         max_concurrency=args.max_concurrency,
         max_rpm=args.max_rpm,
+        max_itpm=args.max_itpm,
+        max_otpm=args.max_otpm,
+        max_qph=args.max_qph,
         packed_answers=args.packed_answers,
         faults=faults,
     )

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 
+from pipeline.pacing import held_back
 from pipeline.spark import on_databricks
 
 STATUSES = ("ok", "invalid", "failed")
@@ -29,6 +30,8 @@ class Update:
     errors: Mapping[str, int] = field(default_factory=dict)  # error classes so far
     images_per_s: float = 0.0
     elapsed_s: float = 0.0
+    # Seconds requests were held back by each token or query limit so far (pacing.NAMES).
+    waited: Mapping[str, float] = field(default_factory=dict)
     detail: str = ""  # e.g. how groups were formed
     approximate: bool = False  # `batches` is an estimate (batches of whole groups)
 
@@ -40,17 +43,19 @@ class Update:
                     f"({self.elapsed_s:.1f} s)")
         counts = ", ".join(f"{self.statuses.get(s, 0)} {s}" for s in STATUSES)
         errors = ", ".join(f"{k} {v}" for k, v in sorted(self.errors.items()))
+        held = held_back(dict(self.waited))
         return (f"batch {self.batch}/{'~' if self.approximate else ''}{self.batches}: "
                 f"{self.files_done}/{self.pending} files, "
                 f"{counts}" + (f" ({errors})" if errors else "")
                 + f"; {self.images_per_s:.1f} images/s since the start, "
-                f"{self.elapsed_s:.1f} s{self.detail}")
+                f"{self.elapsed_s:.1f} s" + (f", {held}" if held else "") + self.detail)
 
     __str__ = line
 
     def record(self) -> dict:
         return {**asdict(self), "event": f"vision_batch.{self.event}",
-                "statuses": dict(self.statuses), "errors": dict(self.errors)}
+                "statuses": dict(self.statuses), "errors": dict(self.errors),
+                "waited": dict(self.waited)}
 
 
 def update(event: str, result, pending: int, batches: int, batch: int = 0, detail: str = "",
@@ -62,6 +67,7 @@ def update(event: str, result, pending: int, batches: int, batch: int = 0, detai
         statuses={s: result.statuses[s] for s in STATUSES},
         errors=dict(result.error_classes), images_per_s=round(result.images_per_s, 2),
         elapsed_s=round(result.seconds, 2), detail=detail, approximate=approximate,
+        waited={name: round(s, 2) for name, s in result.waited.items()},
     )
 
 

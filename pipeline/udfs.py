@@ -52,7 +52,8 @@ PREPARED = StructType(
 
 _TYPES = {"prompt_tokens": IntegerType(), "completion_tokens": IntegerType(),
           "total_tokens": IntegerType(), "attempts": IntegerType(), "latency_ms": IntegerType(),
-          "throttled": IntegerType(), "request_share": DoubleType()}
+          "throttled": IntegerType(), "request_share": DoubleType(),
+          **dict.fromkeys(asking.HELD, DoubleType())}
 CAPTIONED = StructType([StructField(n, _TYPES.get(n, StringType())) for n in asking.CAPTIONED])
 # One image's answer, as an asking task returns it.
 ANSWERED = StructType([StructField("path", StringType()), *CAPTIONED.fields])

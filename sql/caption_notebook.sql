@@ -113,6 +113,9 @@ CREATE TABLE IF NOT EXISTS IDENTIFIER(:runs_table) (
   images_per_s DOUBLE COMMENT 'rows written per second of processing',
   latency_p50_ms DOUBLE,
   latency_p95_ms DOUBLE,
+  waited_itpm_s DOUBLE COMMENT 'seconds requests were held back to stay under max_itpm',
+  waited_otpm_s DOUBLE COMMENT 'seconds requests were held back to stay under max_otpm',
+  waited_qph_s DOUBLE COMMENT 'seconds requests were held back to stay under max_qph',
   error_message STRING COMMENT 'why the run failed, one line',
   config_json STRING COMMENT 'effective configuration, without secrets'
 ) USING DELTA

@@ -30,6 +30,7 @@ from pipeline import sink, source
 from pipeline.auth import Credentials
 from pipeline.config import RunConfig
 from pipeline.interrupts import Interrupted, Stop, only_mark
+from pipeline.pacing import NAMES
 from pipeline.progress import Update, terminal, update
 from pipeline.runs import loop, sql
 from pipeline.runs.callers import DriverCaller, ExecutorCaller
@@ -233,6 +234,7 @@ class Recorder:
             "images_per_s": r.images_per_s,
             "latency_p50_ms": r.latency_p50_ms,
             "latency_p95_ms": r.latency_p95_ms,
+            **{f"waited_{name}_s": round(r.waited[name], 1) for name in NAMES},
             "error_message": error,
             "config_json": json.dumps(ctx.config.public(), sort_keys=True, default=str),
         }

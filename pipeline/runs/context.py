@@ -16,11 +16,14 @@ from pyspark.sql import Column
 from pyspark.sql import functions as F
 
 from pipeline import sink
-from pipeline.asking import CallPlan
+from pipeline.asking import CallPlan, cost
 from pipeline.auth import Credentials
 from pipeline.client import ClientSettings
 from pipeline.config import ConfigError, RunConfig
+from pipeline.images import largest_image_tokens
 from pipeline.limits import Catalog, ModelFamily, load_catalog
+from pipeline.pacing import HELD, NAMES, TokenLimits
+from pipeline.packing import packed_spec
 from pipeline.payloads import PromptSpec, image_byte_budget
 
 DONE_STATUSES = ("ok", "invalid")
@@ -88,6 +91,7 @@ def context(
             max_attempts=config.max_attempts,
             concurrency=config.max_concurrency,
             rpm=config.max_rpm,
+            limits=TokenLimits(config.max_itpm, config.max_otpm, config.max_qph),
         )
     family = catalog.family(config.endpoint or "", config.model_family)
     if config.images_per_request > family.max_images_per_request:
@@ -95,15 +99,34 @@ def context(
             f"images_per_request is {config.images_per_request}, but {family.name} endpoints "
             f"take at most {family.max_images_per_request} images per request (conf/models.yml)"
         )
+    spec = config.prompt_spec()
+    _check_fits_itpm(config, spec, family)
     return RunContext(
         config=config,
         catalog=catalog,
         family=family,
-        spec=config.prompt_spec(),
+        spec=spec,
         tables=tables,
         run_id=uuid.uuid4().hex,
         client=client,
     )
+
+
+def _check_fits_itpm(config: RunConfig, spec: PromptSpec, family: ModelFamily) -> None:
+    """An input-token limit below one request of this run at its largest is a usage error:
+    such requests could never be sent. (A group's request holds at least one image; one
+    that is larger than the limit fails as `rejected` when it is asked.)"""
+    if config.max_itpm is None:
+        return
+    images = 1 if config.group_by is not None else config.images_per_request
+    per_image = largest_image_tokens(family)
+    largest = cost(packed_spec(spec, images) if images > 1 else spec, images * per_image)
+    if largest.input_tokens > config.max_itpm:
+        raise ConfigError(
+            f"max_itpm is {config.max_itpm:,}, but one request of this run may need "
+            f"{largest.input_tokens:,} input tokens: {images} image(s) of up to {per_image:,} "
+            f"tokens ({family.name}'s largest prepared size) and the prompt; raise max_itpm"
+            + (" or lower images_per_request" if images > 1 else ""))
 
 
 @dataclass
@@ -128,6 +151,8 @@ class RunResult:
     latency_p95_ms: float | None = None
     seconds: float = 0.0
     status: str = "running"
+    # Seconds the run's requests were held back by each token or query limit (HELD).
+    waited: Counter = field(default_factory=Counter)
     # (batch, stage, start, end) in seconds since `started`: where the time went.
     timeline: list[tuple[int, str, float, float]] = field(default_factory=list)
     _shares: float = 0.0
@@ -157,6 +182,8 @@ class RunResult:
             attempts = row.get("attempts") or 0
             share = row.get("request_share")
             self._shares += attempts if share is None else share
+            for name, key in zip(NAMES, HELD, strict=True):
+                self.waited[name] += row.get(key) or 0.0
             if attempts <= 0:
                 continue
             self._retried += (attempts if share is None else share) * (attempts - 1) / attempts

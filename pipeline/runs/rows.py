@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.images import Rejected
+from pipeline.pacing import HELD
 from pipeline.runs.context import RunContext
 from pipeline.runs.plan import Entry
 
@@ -13,7 +14,7 @@ FACTS = ("content_sha256", "format", "width", "height", "sent_width", "sent_heig
          "sent_bytes", "estimated_image_tokens")
 ANSWER = ("status", "caption", "response_json", "prompt_tokens", "completion_tokens",
           "total_tokens", "usage_source", "attempts", "latency_ms", "error_class",
-          "error_message", "request_share")
+          "error_message", "request_share", *HELD)  # HELD: for the run's totals only
 
 
 def _base(ctx: RunContext, entry: Entry, facts: dict[str, Any] | None) -> dict[str, Any]:
@@ -55,6 +56,6 @@ def answered(ctx: RunContext, entry: Entry, facts: dict[str, Any], answer: dict[
     row = {**_base(ctx, entry, facts), **{k: answer.get(k) for k in ANSWER},
            "reused_from": reused_from}
     if not paid:
-        row.update(attempts=0, request_share=0.0)
+        row.update(attempts=0, request_share=0.0, **dict.fromkeys(HELD, 0.0))
     row["request_share"] = float(row["request_share"] or 0.0)
     return row

@@ -44,6 +44,13 @@ def test_estimate_counts_what_a_run_would_send_and_refuse_without_a_request(
     packed = estimate(replace(cfg, images_per_request=5), spark)
     assert packed.requests == -(-len(valid) // 5) and packed.image_tokens == expected_tokens
     assert "up to 5 images" in render(packed)
+    # Given the endpoint's limits, it says how long the run takes at the binding one.
+    limited = estimate(replace(cfg, max_itpm=1_600, max_qph=6_000), spark)
+    assert limited.limits == {"itpm": 1_600, "qph": 6_000}
+    minutes = limited.input_tokens / 1_600
+    assert limited.minutes_at_limits() == [("itpm", minutes), ("qph", len(valid) / 100)]
+    assert f"about {minutes:.0f} min at 1,600 input tokens per minute (the binding limit)" \
+        in render(limited)
     # A dry run creates no table.
     assert not (tmp_path / "tables").exists()
 

@@ -297,7 +297,8 @@ def test_caption_task_parameters_are_flags_the_cli_accepts(target: str) -> None:
     assert cfg.prompt == values["prompt"]
     assert cfg.max_concurrency == int(values["max_concurrency"])
     assert cfg.max_files_per_batch == int(values["max_files_per_batch"])
-    assert cfg.max_rpm == (int(values["max_rpm"]) if values["max_rpm"] else None)
+    for key in ("max_rpm", "max_itpm", "max_otpm", "max_qph"):
+        assert getattr(cfg, key) == (int(values[key]) if values[key] else None), key
     assert cfg.host == (values["host"] or None)
     assert (flags.secret_scope or "", flags.secret_key or "") == (
         values["secret_scope"], values["secret_key"]

@@ -19,6 +19,7 @@ from pipeline.client import (
     classify_status,
     retry_after_seconds,
 )
+from pipeline.pacing import Pacer, TokenLimits
 from pipeline.payloads import PromptSpec
 
 
@@ -93,12 +94,18 @@ def test_aimd_never_admits_more_than_the_limit() -> None:
 
 @pytest.mark.parametrize(("budget", "tasks"), [(16, 2), (10, 4), (3, 3), (7, 7), (64, 8)])
 def test_budget_shares_add_up_to_the_run_budget(budget: int, tasks: int) -> None:
-    settings = ClientSettings("http://x", static("http://x", "t"), 1.0, 1, budget, 600)
+    settings = ClientSettings("http://x", static("http://x", "t"), 1.0, 1, budget, 600,
+                              TokenLimits(itpm=36_000, otpm=9_000, qph=500))
     plan = CallPlan(settings, PromptSpec("p", 1), None, tasks)
     shares = [plan.for_partition(p) for p in range(tasks)]
     assert sum(s.concurrency for s in shares) == budget
     assert max(s.concurrency for s in shares) - min(s.concurrency for s in shares) <= 1
     assert sum(s.rpm for s in shares) == pytest.approx(600)
+    # Each task paces to its share of the token limits; together they keep to the run's.
+    for name, limit in (("itpm", 36_000), ("otpm", 9_000), ("qph", 500)):
+        windows = [Pacer(s.limits).windows[name] for s in shares]
+        assert sum(w.limit for w in windows) == pytest.approx(limit)
+        assert all(s.limits.given()[name] == limit for s in shares)  # the run's, to refuse
 
 
 def test_secret_never_prints() -> None:

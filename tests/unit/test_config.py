@@ -55,6 +55,11 @@ def test_wrong_type_is_named(tmp_path: Path) -> None:
         ({"endpoint": "../x"}, "endpoint must be a serving endpoint name"),
         ({"endpoint": "a/b"}, "endpoint must be a serving endpoint name"),
         ({"endpoint": "ep?x=1"}, "endpoint must be a serving endpoint name"),
+        ({"max_itpm": 0}, "max_itpm must be at least 1, not 0"),
+        ({"max_otpm": -5}, "max_otpm must be at least 1, not -5"),
+        ({"max_qph": 0}, "max_qph must be at least 1"),
+        ({"max_tokens": 500, "max_otpm": 400}, "reserves its max_tokens"),
+        ({"mode": "sql", "max_qph": 100}, "max_qph paces vision-batch's own client"),
     ],
 )
 def test_invalid_values(flags: dict, match: str) -> None:
@@ -78,6 +83,22 @@ def test_a_bad_endpoint_name_stops_the_command_before_anything_starts(
     assert cli.main(["run", "--endpoint", "../x"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("vision-batch: error: endpoint must be") and "\n" not in err
+    assert list(tmp_path.iterdir()) == []  # no table, no folder
+
+
+@pytest.mark.parametrize(("flags", "fits"), [
+    (["--max-itpm", "1000"], "1 image(s) of up to 1,533 tokens"),
+    (["--max-itpm", "3000", "--images-per-request", "2"], "2 image(s) of up to 1,533 tokens"),
+])
+def test_an_input_token_limit_below_one_request_stops_the_command_before_anything_starts(
+    tmp_path: Path, capsys, monkeypatch, flags: list[str], fits: str
+) -> None:
+    from pipeline import cli
+
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["run", "--endpoint", "any-vlm", *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("vision-batch: error: max_itpm is") and fits in err, err
     assert list(tmp_path.iterdir()) == []  # no table, no folder
 
 

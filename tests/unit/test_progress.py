@@ -12,7 +12,7 @@ from pipeline import progress
 def running(**overrides) -> SimpleNamespace:
     base = dict(run_id="r1", listed=120, skipped=20, seconds=12.5, images_per_s=4.0,
                 statuses=Counter({"ok": 45, "invalid": 3, "failed": 2}),
-                error_classes=Counter({"timeout": 2, "corrupt_image": 3}))
+                error_classes=Counter({"timeout": 2, "corrupt_image": 3}), waited=Counter())
     return SimpleNamespace(**{**base, **overrides})
 
 
@@ -21,6 +21,14 @@ def test_a_batch_line_says_batches_files_speed_and_errors_so_far() -> None:
                            files_done=50).line()
     assert line == ("batch 2/4: 50/100 files, 45 ok, 3 invalid, 2 failed "
                     "(corrupt_image 3, timeout 2); 4.0 images/s since the start, 12.5 s")
+
+
+def test_a_batch_line_says_how_long_the_token_limits_held_requests_back() -> None:
+    result = running(waited=Counter({"itpm": 31.26, "otpm": 0.0, "qph": 2.0}))
+    update = progress.update("batch", result, pending=100, batches=4, batch=2, files_done=50)
+    assert update.line().endswith("12.5 s, held back 31.3 s by input tokens per minute, "
+                                  "2.0 s by queries per hour")
+    assert update.record()["waited"] == {"itpm": 31.26, "otpm": 0.0, "qph": 2.0}
 
 
 def test_batches_of_whole_groups_are_counted_as_an_estimate() -> None:
