@@ -25,7 +25,8 @@ from pipeline.client import EndpointError, preflight  # noqa: E402
 from pipeline.config import CALLERS, LOCAL_ENDPOINT, SESSIONS, ConfigError, RunConfig  # noqa: E402
 from pipeline.interrupts import Interrupted, Stop  # noqa: E402
 from pipeline.limits import LimitsError, load_catalog  # noqa: E402
-from pipeline.pacing import held_back  # noqa: E402
+from pipeline.pacing import NAMES as LIMITS  # noqa: E402
+from pipeline.pacing import UNITS, held_back  # noqa: E402
 from pipeline.resources import samples_dir  # noqa: E402
 
 if TYPE_CHECKING:
@@ -61,12 +62,9 @@ def _input_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-concurrency", type=int, dest="max_concurrency",
                    help="requests in flight across the whole run")
     p.add_argument("--max-rpm", type=int, dest="max_rpm", help="requests per minute, whole run")
-    p.add_argument("--max-itpm", type=int, dest="max_itpm",
-                   help="input tokens per minute, whole run (a pay-per-token limit)")
-    p.add_argument("--max-otpm", type=int, dest="max_otpm",
-                   help="output tokens per minute, whole run (a pay-per-token limit)")
-    p.add_argument("--max-qph", type=int, dest="max_qph",
-                   help="queries per hour, whole run (a pay-per-token limit)")
+    for name in LIMITS:
+        p.add_argument(f"--max-{name}", type=int, dest=f"max_{name}",
+                       help=f"{UNITS[name]}, whole run (a pay-per-token limit)")
     p.add_argument("--request-timeout", type=float, dest="request_timeout",
                    help="seconds per attempt")
     p.add_argument("--max-attempts", type=int, dest="max_attempts")
@@ -84,6 +82,12 @@ def _input_flags(p: argparse.ArgumentParser) -> None:
                         "the group key: each group's images are asked about together")
     p.add_argument("--group-prompt", dest="group_prompt",
                    help="instruction sent with each group's images")
+    p.add_argument("--sample", type=int, dest="sample",
+                   help="only a deterministic sample of N files (with --group-by: N groups)")
+    p.add_argument("--sample-fraction", type=float, dest="sample_fraction",
+                   help="only a deterministic sample of this share of the files (0-1]")
+    p.add_argument("--sample-seed", type=int, dest="sample_seed",
+                   help="another seed gives another sample (default 0)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,6 +125,18 @@ def build_parser() -> argparse.ArgumentParser:
     report_p.add_argument("--spark", choices=SESSIONS, default="auto",
                           help="Spark session, as for run")
     report_p.set_defaults(func=cmd_report)
+    compare_p = commands.add_parser(
+        "compare", help="one HTML page: several endpoints' and prompts' answers side by side")
+    compare_p.add_argument("--table", required=True,
+                           help="captions table: a name, or a path when it contains '/'")
+    compare_p.add_argument("--out", required=True, help="the HTML file to write")
+    compare_p.add_argument("--pair", action="append", dest="pairs", metavar="ENDPOINT:PROMPT_ID",
+                           help="a pair to show (repeat it; default: every pair in the table)")
+    compare_p.add_argument("--max-images", type=int, dest="max_images",
+                           help="images in the grid at most, the first by path (default 500)")
+    compare_p.add_argument("--spark", choices=SESSIONS, default="auto",
+                           help="Spark session, as for run")
+    compare_p.set_defaults(func=cmd_compare)
     return parser
 
 
@@ -221,6 +237,25 @@ def cmd_report(args: argparse.Namespace) -> int:
              else f"all {page.rows:,} rows shown")
     print(f"report written to {written.path.resolve()} ({written.bytes / 1e6:.1f} MB, {shown}, "
           f"{page.thumbnails:,} thumbnails)")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from pipeline.report import compare, write_compare
+    from pipeline.spark import get_spark
+
+    limit = compare.MAX_IMAGES if args.max_images is None else args.max_images
+    if limit < 1:
+        raise ConfigError(f"--max-images must be at least 1, not {limit}")
+    for pair in args.pairs or ():
+        try:
+            compare.Pair.parse(pair)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    written = write_compare(get_spark(kind=args.spark), args.table, args.out, args.pairs,
+                            max_images=limit)
+    print(f"compare page written to {written.path.resolve()} ({written.bytes / 1e6:.1f} MB, "
+          f"{len(written.pairs)} pair(s), {written.images:,} images)")
     return 0
 
 

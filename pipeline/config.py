@@ -85,6 +85,11 @@ class RunConfig:
     request_timeout: float = 120.0
     max_attempts: int = 5
     max_files_per_batch: int = 1000
+    # A deterministic sample of the input (pipeline/runs/plan.py, `sampled`): the N files, or
+    # the share of them, whose hash of path and seed is smallest. With group_by, whole groups.
+    sample: int | None = None
+    sample_fraction: float | None = None
+    sample_seed: int = 0
     # Filled by the run, not by users: where the local endpoint was started, if it was.
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -109,6 +114,7 @@ class RunConfig:
                 f"max_otpm is {self.max_otpm:,}, but each request reserves its max_tokens "
                 f"({self.max_tokens:,}) of output tokens: no request would fit a minute; "
                 "lower max_tokens or raise max_otpm")
+        self._check_sample()
         if self.request_timeout <= 0:
             raise ConfigError(f"request_timeout must be positive, not {self.request_timeout!r}")
         if not self.prompt.strip():
@@ -123,6 +129,19 @@ class RunConfig:
         if self.group_by is not None:
             self._check_group_by()
         return self
+
+    def _check_sample(self) -> None:
+        if self.sample is not None and self.sample_fraction is not None:
+            raise ConfigError("sample and sample_fraction cannot be used together: give the "
+                              "number of files or the share of them")
+        if self.sample is not None and self.sample < 1:
+            raise ConfigError(f"sample must be at least 1, not {self.sample!r}")
+        if self.sample_fraction is not None and not 0 < self.sample_fraction <= 1:
+            raise ConfigError(f"sample_fraction must be above 0 and at most 1, not "
+                              f"{self.sample_fraction!r}")
+        if self.mode == "sql" and (self.sample is not None or self.sample_fraction is not None):
+            raise ConfigError("sample and sample_fraction choose files in mode udf; the SQL "
+                              "templates of mode sql read the whole input")
 
     def _check_group_by(self) -> None:
         if self.images_per_request > 1:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -129,21 +130,31 @@ def tags(m: Measurements) -> list[str]:
 
 
 def answer(prompt: str, images: list[bytes], response_schema: dict[str, Any] | None) -> str:
-    """The assistant's text for one request. The prompt cannot change what pixels measure,
-    so it is accepted and ignored."""
-    del prompt
-    return describe([measure(data) for data in images], response_schema)
+    """The assistant's text for one request."""
+    return describe([measure(data) for data in images], response_schema, prompt)
 
 
-def describe(measured: list[Measurements], response_schema: dict[str, Any] | None) -> str:
-    """`answer` for images already measured (a server that validated them has them)."""
+def describe(measured: list[Measurements], response_schema: dict[str, Any] | None,
+             prompt: str = "") -> str:
+    """`answer` for images already measured (a server that validated them has them). The
+    prompt cannot change what pixels measure; a plain-text prompt that asks for a list, tags
+    or keywords gets the measured tags instead of a sentence, so that two prompts can be
+    compared side by side (`vision-batch compare`)."""
     if response_schema is not None:
         return json.dumps(_fill(response_schema, "", measured), ensure_ascii=False)
     if not measured:
         return NO_IMAGE
+    say = listed if _TAGS_ASKED.search(prompt) else caption
     if len(measured) == 1:
-        return caption(measured[0])
-    return "\n".join(f"Image {i}: {caption(m)}" for i, m in enumerate(measured, 1))
+        return say(measured[0])
+    return "\n".join(f"Image {i}: {say(m)}" for i, m in enumerate(measured, 1))
+
+
+_TAGS_ASKED = re.compile(r"\b(list|tags|keywords)\b", re.IGNORECASE)
+
+
+def listed(m: Measurements) -> str:
+    return f"{', '.join(tags(m))}. {SIGNATURE}"
 
 
 def dominant_colours(img: Image.Image) -> tuple[str, ...]:

@@ -878,7 +878,8 @@ class LocalEndpoint:
             return Reply(0, action="hang", fault=fault)
         answer = b""
         if fault not in _SERVER_ERRORS and fault != "html":
-            content = describer.describe(list(request.measured), request.response_schema)
+            content = describer.describe(list(request.measured), request.response_schema,
+                                         request.prompt_text)
             content = misanswer(content, self.options.packed_answers)
             body_out = completion(name, content, request, family)
             self._count_output(body_out["usage"]["completion_tokens"])

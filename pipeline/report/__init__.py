@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from pipeline.limits import Catalog, InputBounds, load_catalog
-from pipeline.report import page
+from pipeline.report import compare, page
 from pipeline.report.page import Page, Scope, render_report
 from pipeline.report.sampling import MAX_THUMBNAILS, RowKey, tally
 from pipeline.report.thumbnails import NOT_READ, Preview, preview
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 __all__ = ["MAX_THUMBNAILS", "Page", "Preview", "Scope", "Written", "gallery_rows",
-           "read_previews", "read_runs", "render_report", "write_report"]
+           "read_previews", "read_runs", "render_report", "write_compare", "write_report"]
 
 # What every row contributes to the figures and charts: no caption, no bytes.
 TALLY_COLUMNS = ("path", "endpoint", "prompt_id", "status", "error_class", "attempts",
@@ -87,6 +87,60 @@ def write_report(spark: SparkSession, table: str, out: str | Path, *,
     data = result.html.encode("utf-8")
     target.write_bytes(data)
     return Written(target, len(data), result)
+
+
+@dataclass(frozen=True)
+class Compared:
+    path: Path
+    bytes: int
+    pairs: list[compare.Pair]
+    images: int  # shown in the grid
+
+
+def write_compare(spark: SparkSession, table: str, out: str | Path,
+                  pairs: list[str] | None = None, *, max_images: int = compare.MAX_IMAGES,
+                  catalog: Catalog | None = None) -> Compared:
+    """Read the captions table (rows in path order) and its runs, and write the compare page
+    for `pairs` ("ENDPOINT:PROMPT_ID"; default: every pair in the table) to `out`."""
+    from pyspark.sql import functions as F
+
+    from pipeline import sink
+
+    if max_images < 1:
+        raise ValueError(f"max_images must be at least 1, not {max_images}")
+    wanted = [compare.Pair.parse(p) for p in pairs or ()]
+    tables = sink.find(spark, table)
+    if tables is None:
+        raise sink.TableError(f"--table {table}: no captions table there")
+    catalog = catalog or load_catalog()
+    captions = spark.table(tables.captions)
+    present = sorted(compare.Pair(r["endpoint"], r["prompt_id"])
+                     for r in captions.select("endpoint", "prompt_id").distinct().collect())
+    missing = [p for p in wanted if p not in present]
+    if missing or not present:
+        known = ", ".join(p.label for p in present) or "none"
+        what = f"--pair {missing[0].label} is not" if missing else "no pair is"
+        raise sink.TableError(f"{what} in {tables.display}; its pairs: {known}")
+    chosen = wanted or present
+    keys = spark.createDataFrame([(p.endpoint, p.prompt_id) for p in chosen],
+                                 "endpoint STRING, prompt_id STRING")
+    rows = (captions.join(keys, ["endpoint", "prompt_id"], "left_semi")
+            .select(*compare.COLUMNS).orderBy("path"))
+    runs = []
+    if spark.catalog.tableExists(tables.runs):
+        runs = [r.asDict() for r in spark.table(tables.runs).select(
+            "prompt_id", "config_json", F.col("started_at").cast("double").alias("started_at"))
+            .collect()]
+    first = (rows.select("path").distinct().orderBy("path").limit(max_images)
+             .select("path", F.lit(None).cast("string").alias("error_class")))
+    previews = read_previews(spark, [r.asDict() for r in first.collect()], catalog.input)
+    html = compare.render_compare((r.asDict() for r in rows.toLocalIterator()), chosen, runs,
+                                  previews, catalog, tables.display, max_images)
+    target = Path(out)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    data = html.encode("utf-8")
+    target.write_bytes(data)
+    return Compared(target, len(data), chosen, min(max_images, len(previews)))
 
 
 def read_runs(spark: SparkSession, runs_table: str) -> list[dict[str, Any]]:

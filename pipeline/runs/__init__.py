@@ -36,6 +36,7 @@ from pipeline.runs import loop, sql
 from pipeline.runs.callers import DriverCaller, ExecutorCaller
 from pipeline.runs.context import RunContext, RunResult, context
 from pipeline.runs.grouped import Grouped
+from pipeline.runs.plan import sampling
 from pipeline.runs.single import Singles
 from pipeline.spark import executors_reach_network, get_spark, is_local
 
@@ -148,7 +149,7 @@ def _batches(spark: SparkSession, ctx: RunContext, listing: source.Listing, resu
     result.listed, result.skipped = plan.listed, plan.skipped
     result.timeline.append((0, "plan", began, result.tick()))
     detail = (f", {plan.groups} group(s) by {ctx.config.group_by!r}"
-              if plan.groups is not None else "")
+              if plan.groups is not None else "") + sampling(ctx.config)
     progress(update("planned", result, plan.pending, plan.batches, detail=detail,
                     approximate=plan.approximate))
     if not plan.pending or stop.requested:

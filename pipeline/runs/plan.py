@@ -20,6 +20,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import StringType
 
 from pipeline import groups
+from pipeline.config import RunConfig
 from pipeline.runs.context import DONE_STATUSES, RunContext
 from pipeline.source import InputError, Listing
 
@@ -76,6 +77,35 @@ def _rows_here(spark: SparkSession, ctx: RunContext) -> DataFrame | None:
             .select("path", "size_bytes", "modified_at", "status", "error_class"))
 
 
+def sampled(files: DataFrame, config: RunConfig, unit: Column) -> DataFrame:
+    """The files of the run's sample (`--sample N`, `--sample-fraction F`), or all of them.
+
+    A unit's place is a hash of the unit (a path, or a group's key) and `--sample-seed`, so
+    every endpoint and prompt gets the same files, a larger sample holds a smaller one, a
+    rerun asks the same files, and a group is in or out whole.
+    """
+    if config.sample is None and config.sample_fraction is None:
+        return files
+    place = F.xxhash64(F.lit(config.sample_seed), unit)
+    if config.sample_fraction is not None:  # the hash is a signed 64-bit value: [0, 1)
+        return files.filter((place.cast("double") + 2.0**63) / 2.0**64
+                            < config.sample_fraction)
+    keyed = files.withColumn("_unit", unit)
+    chosen = (keyed.select("_unit").distinct()
+              .orderBy(F.xxhash64(F.lit(config.sample_seed), "_unit"), "_unit")
+              .limit(config.sample))
+    return keyed.join(chosen, "_unit", "left_semi").drop("_unit")
+
+
+def sampling(config: RunConfig) -> str:
+    """How the planned line names the sample ('' for the whole input)."""
+    if config.sample is not None:
+        return f", a sample of {config.sample} (seed {config.sample_seed})"
+    if config.sample_fraction is not None:
+        return f", a sample of {config.sample_fraction:g} (seed {config.sample_seed})"
+    return ""
+
+
 def _with_table(files: DataFrame, rows: DataFrame | None) -> DataFrame:
     """The listing with `done` (an ok or invalid row for the same size and time) and `known`
     (any row at all, so the MERGE has something to update)."""
@@ -101,7 +131,8 @@ def _counted(joined: DataFrame, input_path: str) -> tuple[int, int]:
 
 def files(spark: SparkSession, ctx: RunContext, listing: Listing) -> Plan:
     """Single files (alone or packed): batches of max_files_per_batch files, by path."""
-    joined = _with_table(listing.files, _rows_here(spark, ctx))
+    chosen = sampled(listing.files, ctx.config, F.col("path"))
+    joined = _with_table(chosen, _rows_here(spark, ctx))
     listed, skipped = _counted(joined, ctx.config.input or "")
     pending, size = listed - skipped, ctx.config.max_files_per_batch
     todo = joined.filter(~F.col("done")).select(
@@ -126,7 +157,9 @@ def grouped(spark: SparkSession, ctx: RunContext, listing: Listing) -> Plan:
     assert ctx.tables is not None
     rule = ctx.config.group_by or ""
     key_of = F.udf(lambda path: groups.group_key(path, rule), StringType())
-    keyed = listing.files.withColumn("group_key", key_of("path"))
+    # A file outside every group is sampled on its own, a group whole.
+    keyed = sampled(listing.files.withColumn("group_key", key_of("path")), ctx.config,
+                    F.coalesce(F.col("group_key"), F.concat(F.lit("\0"), F.col("path"))))
     stamp = F.concat_ws("|", "path", F.col("length").cast("string"),
                         F.col("modificationTime").cast("long").cast("string"))
     fingerprints = (

@@ -359,6 +359,11 @@ def test_describer_is_deterministic_and_honours_exif_orientation() -> None:
     assert describer.measure(rotated) == m
     assert describer.answer("", [], None) == describer.NO_IMAGE
     assert describer.answer("", [JPEG], None) == describer.caption(describer.measure(JPEG))
+    # A prompt that asks for a list or tags gets the measured tags, not a sentence.
+    tags = describer.answer("List the main things.", [JPEG], None)
+    assert tags == describer.listed(describer.measure(JPEG)) and tags.count(",") >= 1
+    assert describer.answer("Describe the realist painting.", [JPEG], None) == \
+        describer.caption(describer.measure(JPEG))
 
 
 def test_serve_needs_a_token(monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:

@@ -60,6 +60,11 @@ def test_wrong_type_is_named(tmp_path: Path) -> None:
         ({"max_qph": 0}, "max_qph must be at least 1"),
         ({"max_tokens": 500, "max_otpm": 400}, "reserves its max_tokens"),
         ({"mode": "sql", "max_qph": 100}, "max_qph paces vision-batch's own client"),
+        ({"sample": 0}, "sample must be at least 1, not 0"),
+        ({"sample": 5, "sample_fraction": 0.5}, "cannot be used together"),
+        ({"sample_fraction": 0.0}, "sample_fraction must be above 0 and at most 1"),
+        ({"sample_fraction": 1.5}, "sample_fraction must be above 0 and at most 1"),
+        ({"mode": "sql", "sample": 3}, "mode sql read the whole input"),
     ],
 )
 def test_invalid_values(flags: dict, match: str) -> None:
