@@ -10,8 +10,8 @@ the same names, so the same template text runs in both places:
 - `ai_query(endpoint, request, returnType, failOnError, modelParameters, responseFormat,
   files)`: a pandas UDF calling the configured endpoint with this project's client (so its
   retries and bounded concurrency). It always returns the `failOnError => false` shape,
-  STRUCT<result STRING, errorMessage STRING>: the facts we have (reference/facts.md) show
-  that shape but no official page names the fields, so these names are our best reading.
+  STRUCT<result STRING, errorMessage STRING>: the Databricks ai_query page describes that
+  shape but names no fields, so these names are our best reading.
   With failOnError => true it raises on the first failed row instead. `modelParameters`
   fields max_tokens and temperature are sent (NULL ones are left out); `responseFormat` is a
   JSON string, either a response_format object or a bare JSON schema. `files` is one BINARY
