@@ -90,6 +90,15 @@ def _input_flags(p: argparse.ArgumentParser) -> None:
                    help="another seed gives another sample (default 0)")
 
 
+def _page_flags(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The flags of the commands that write a page about a table (report, compare)."""
+    p.add_argument("--table", required=True,
+                   help="captions table: a name, or a path when it contains '/'")
+    p.add_argument("--out", required=True, help="the HTML file to write")
+    p.add_argument("--spark", choices=SESSIONS, default="auto", help="Spark session, as for run")
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vision-batch",
@@ -112,30 +121,19 @@ def build_parser() -> argparse.ArgumentParser:
         "history and process listings).")
     local_endpoint.add_arguments(serve_p)
     serve_p.set_defaults(func=local_endpoint.serve)
-    report_p = commands.add_parser(
-        "report", help="one self-contained HTML page: figures, charts, a gallery of captions"
-    )
-    report_p.add_argument("--table", required=True,
-                          help="captions table: a name, or a path when it contains '/'")
-    report_p.add_argument("--out", required=True, help="the HTML file to write")
+    report_p = _page_flags(commands.add_parser(
+        "report", help="one self-contained HTML page: figures, charts, a gallery of captions"))
     report_p.add_argument("--run-id", dest="run_id",
                           help="only the rows this run wrote (default: every row)")
     report_p.add_argument("--max-thumbnails", type=int, dest="max_thumbnails",
                           help="gallery cards at most; beyond it a sample (default 1000)")
-    report_p.add_argument("--spark", choices=SESSIONS, default="auto",
-                          help="Spark session, as for run")
     report_p.set_defaults(func=cmd_report)
-    compare_p = commands.add_parser(
-        "compare", help="one HTML page: several endpoints' and prompts' answers side by side")
-    compare_p.add_argument("--table", required=True,
-                           help="captions table: a name, or a path when it contains '/'")
-    compare_p.add_argument("--out", required=True, help="the HTML file to write")
+    compare_p = _page_flags(commands.add_parser(
+        "compare", help="one HTML page: several endpoints' and prompts' answers side by side"))
     compare_p.add_argument("--pair", action="append", dest="pairs", metavar="ENDPOINT:PROMPT_ID",
                            help="a pair to show (repeat it; default: every pair in the table)")
     compare_p.add_argument("--max-images", type=int, dest="max_images",
                            help="images in the grid at most, the first by path (default 500)")
-    compare_p.add_argument("--spark", choices=SESSIONS, default="auto",
-                           help="Spark session, as for run")
     compare_p.set_defaults(func=cmd_compare)
     return parser
 

@@ -37,7 +37,7 @@ from PIL import Image, UnidentifiedImageError
 
 from pipeline import describer
 from pipeline.limits import ModelFamily, load_catalog
-from pipeline.pacing import UNITS, window_s
+from pipeline.pacing import NAMES, UNITS, window_s
 from pipeline.payloads import text_tokens
 
 FAULT_KINDS = ("429", "500", "502", "503", "504", "hang", "html", "drop")
@@ -153,7 +153,7 @@ class EndpointOptions:
             raise ValueError(f"--latency-ms must be zero or more, not {self.latency_ms}")
         if self.max_concurrency is not None and self.max_concurrency < 1:
             raise ValueError(f"--max-concurrency must be at least 1, not {self.max_concurrency}")
-        for name in ("rpm", "itpm", "otpm", "qph"):
+        for name in ("rpm", *NAMES):
             value = getattr(self, f"max_{name}")
             if value is not None and value < 1:
                 raise ValueError(f"--max-{name} must be at least 1, not {value}")
@@ -618,7 +618,7 @@ class LocalEndpoint:
         self._seen: dict[str, int] = {}  # body digest -> sightings, for fault injection
         self._admitted_at: deque[float] = deque()  # start times inside the rpm window
         # What the token and query limits counted, over each one's window.
-        self._tallies = {name: _Tally(window_s(name)) for name in ("itpm", "otpm", "qph")}
+        self._tallies = {name: _Tally(window_s(name)) for name in NAMES}
         self._connections: dict[socket.socket, threading.Thread] = {}
         self._thread: threading.Thread | None = None
         self._server = _Server(("127.0.0.1", port), _Handler)
@@ -960,7 +960,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-rpm", type=int, default=None,
         help="requests per 60 s window above this get 429 with Retry-After",
     )
-    for name in ("itpm", "otpm", "qph"):
+    for name in NAMES:
         parser.add_argument(
             f"--max-{name}", type=int, default=None,
             help=f"{UNITS[name]} above this get 429 with Retry-After (a pay-per-token limit)",

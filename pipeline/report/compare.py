@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import math
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
@@ -20,8 +19,9 @@ from typing import Any
 from pipeline.limits import Catalog
 from pipeline.report.charts import esc
 from pipeline.report.page import CSS as REPORT_CSS
-from pipeline.report.page import _csp_hash, _file_name
+from pipeline.report.page import _csp_hash, _file_name, _money
 from pipeline.report.thumbnails import Preview
+from pipeline.report.totals import percentile
 
 # What the page reads of each captions row.
 COLUMNS = ("path", "endpoint", "prompt_id", "status", "error_class", "caption",
@@ -101,13 +101,6 @@ class Summary:
             self.output_tokens.append(int(row.get("completion_tokens") or 0))
 
 
-def percentile(values: list[int], p: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return float(ordered[max(0, math.ceil(p * len(ordered)) - 1)])
-
-
 def mean(values: list[int]) -> float | None:
     return sum(values) / len(values) if values else None
 
@@ -168,10 +161,6 @@ def _thumb(found: Preview | bytes | None, path: str) -> str:
     data = base64.b64encode(jpeg).decode("ascii")
     return (f'<td class="img"><img src="data:image/jpeg;base64,{data}" '
             f'alt="thumbnail of {name}">{label}</td>')
-
-
-def _money(value: float, currency: str) -> str:
-    return f"{value:,.2f} {currency}" if value >= 0.01 else f"{value:.4f} {currency}"
 
 
 def summary_table(pairs: list[Pair], sums: Mapping[Pair, Summary], prompts: Mapping[str, str],
