@@ -75,7 +75,9 @@ def breakdown(folder: Path) -> None:
     for batch, stage, began, ended in result.timeline:
         stages[stage].append((batch, began, ended))
     print("  where the seconds went (in this process; s from the start):")
-    for stage in ("spark", "tables", "listing", "plan"):
+    for stage in ("spark", "tables", "claims table", "listing", "plan"):
+        if stage not in stages:
+            continue
         (_, began, ended), = stages[stage]
         print(f"    {stage:9s} {began:5.1f} -> {ended:5.1f}  ({ended - began:4.1f} s)")
     for stage in ("prepare", "ask", "commit"):

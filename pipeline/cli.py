@@ -69,6 +69,9 @@ def _input_flags(p: argparse.ArgumentParser) -> None:
                    help="seconds per attempt")
     p.add_argument("--max-attempts", type=int, dest="max_attempts")
     p.add_argument("--max-files-per-batch", type=int, dest="max_files_per_batch")
+    p.add_argument("--lease-seconds", type=int, dest="lease_seconds",
+                   help="how long another run waits for files a killed run had claimed "
+                        "(default 60)")
     p.add_argument("--response-schema", dest="response_schema",
                    help="JSON Schema file for structured answers")
     p.add_argument("--caption-field", dest="caption_field",

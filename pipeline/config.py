@@ -41,6 +41,7 @@ SESSIONS = ("auto", "databricks-connect")
 
 # What the serving API accepts as an endpoint name (it goes into the chat path's URL).
 ENDPOINT_NAME = re.compile(r"[A-Za-z0-9_-]+")
+MIN_LEASE_S = 5  # a claim and a renewal take a second or two
 
 
 class ConfigError(ValueError):
@@ -90,6 +91,9 @@ class RunConfig:
     sample: int | None = None
     sample_fraction: float | None = None
     sample_seed: int = 0
+    # Overlapping runs share the work (pipeline/runs/claims.py): a run's claims hold while it
+    # renews them; a killed run's lapse this many seconds after its last renewal.
+    lease_seconds: int = 60
     # Filled by the run, not by users: where the local endpoint was started, if it was.
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -115,6 +119,9 @@ class RunConfig:
                 f"({self.max_tokens:,}) of output tokens: no request would fit a minute; "
                 "lower max_tokens or raise max_otpm")
         self._check_sample()
+        if self.lease_seconds < MIN_LEASE_S:
+            raise ConfigError(f"lease_seconds must be at least {MIN_LEASE_S} (a lease is renewed "
+                              f"every third of it), not {self.lease_seconds!r}")
         if self.request_timeout <= 0:
             raise ConfigError(f"request_timeout must be positive, not {self.request_timeout!r}")
         if not self.prompt.strip():

@@ -54,6 +54,10 @@ class Stop:
     def requested(self) -> bool:
         return self._event.is_set()
 
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to `seconds`, less if a stop comes; whether one came."""
+        return self._event.wait(seconds)
+
     def install(self) -> None:
         """Handle SIGINT and SIGTERM. Again after Spark starts: a classic SparkContext puts
         its own SIGINT handler in place. Only Python's main thread may: elsewhere (a
@@ -76,7 +80,7 @@ class Stop:
         self.signum = signum
         self._event.set()
         if self._halt is not None:
-            self._halting = threading.Thread(target=_quietly, args=(self._halt,), daemon=True,
+            self._halting = threading.Thread(target=quietly, args=(self._halt,), daemon=True,
                                              name="vision-batch-stop")
             self._halting.start()
 
@@ -102,10 +106,12 @@ def only_mark() -> None:
     only marks the run as stopped."""
 
 
-def _quietly(halt: Callable[[], None]) -> None:
+def quietly(action: Callable[[], object]) -> None:
+    """Do `action`, and let it fail: a halt, or housekeeping; what it stops or serves reports
+    for itself."""
     try:
-        halt()
-    except Exception:  # noqa: S110 - what was halted reports for itself, in one line
+        action()
+    except Exception:  # noqa: S110 - see above
         pass
 
 

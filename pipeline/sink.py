@@ -56,11 +56,12 @@ MAX_COMMIT_ATTEMPTS = 8
 MARK = "vision_batch.schema_version"
 KEYS = {"create_captions.sql": ("path", "endpoint", "prompt_id"),
         "create_runs.sql": ("run_id",),
-        "create_groups.sql": ("group_key", "endpoint", "prompt_id")}
+        "create_groups.sql": ("group_key", "endpoint", "prompt_id"),
+        "create_claims.sql": ("unit", "run_id")}
 
 # Columns that travel from Python as epoch microseconds (exact, whatever the time zones of
 # the driver and the session), and the column stamped with the time of the write.
-MICROS = ("modified_at", "started_at", "ended_at")
+MICROS = ("modified_at", "started_at", "ended_at", "expires_at")
 NOW = ("processed_at",)
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
@@ -85,6 +86,12 @@ class Tables:
     def groups(self) -> str:
         """`<table>_groups`: group answers (--group-by); created by `ensure_groups`."""
         return self.captions + "_groups"
+
+    @property
+    def claims(self) -> str:
+        """`<table>_claims`: which run asks which units (pipeline/runs/claims.py); created by
+        `ensure_claims`."""
+        return self.captions + "_claims"
 
     def sibling(self, suffix: str) -> str | None:
         """The location of `<table><suffix>` for a path table."""
@@ -144,6 +151,11 @@ def ensure_runs(spark: SparkSession, tables: Tables) -> None:
 def ensure_groups(spark: SparkSession, tables: Tables) -> StructType:
     """Create the groups table next to the captions table, or check it; its schema."""
     return _ensure_sibling(spark, tables, "_groups", "create_groups.sql", "groups_table")
+
+
+def ensure_claims(spark: SparkSession, tables: Tables) -> None:
+    """Create the claims table next to the captions table, or check it."""
+    _ensure_sibling(spark, tables, "_claims", "create_claims.sql", "claims_table")
 
 
 def _ensure_sibling(spark: SparkSession, tables: Tables, suffix: str, ddl_file: str,
@@ -226,6 +238,21 @@ def upsert_run(spark: SparkSession, tables: Tables, row: dict[str, Any]) -> None
     schema = spark.table(tables.runs).schema
     _merge(spark, "merge_run.sql", frame_of(spark, schema, [row]), "run",
            runs_table=tables.runs)
+
+
+def insert_claims(spark: SparkSession, tables: Tables, rows: list[dict[str, Any]]) -> None:
+    """Append claim and lease rows: a blind append, which no other run's write conflicts
+    with."""
+    frame = frame_of(spark, ddl_schema("create_claims.sql"), rows)
+    _with_view(spark, frame, lambda view: _with_retries(
+        lambda: spark.sql(sql_text("insert_claims.sql"),
+                          args={"claims_table": tables.claims, "claims": view})))
+
+
+def forget_claims(spark: SparkSession, tables: Tables, runs: list[str]) -> None:
+    """Delete the claims and leases of these runs (long gone)."""
+    gone = spark.createDataFrame([(run,) for run in runs], "run_id STRING")
+    _merge(spark, "forget_claims.sql", gone, "gone", claims_table=tables.claims)
 
 
 def frame_of(spark: SparkSession, schema: StructType, rows: list[dict[str, Any]]) -> DataFrame:

@@ -5,7 +5,8 @@ path's one statement; a row in the runs table at the end.
     runs/plan.py      listing -> files left -> a stream of batches (single files or groups)
     runs/prepare.py   the prepare stage: read and prepare a batch on the executors
     runs/callers.py   where requests are sent from: the executors or the driver
-    runs/loop.py      prepare ▸ ask ▸ commit, overlapped across batches
+    runs/claims.py    overlapping runs share the work: each asks the units it claimed
+    runs/loop.py      claim ▸ prepare ▸ ask ▸ commit, overlapped across batches
     runs/single.py    the path of single images (alone or packed)
     runs/grouped.py   the path of groups (--group-by)
     runs/rows.py      the captions-table rows a batch writes
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import json
 import signal
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -29,14 +31,15 @@ from pyspark.sql import SparkSession
 from pipeline import sink, source
 from pipeline.auth import Credentials
 from pipeline.config import RunConfig
-from pipeline.interrupts import Interrupted, Stop, only_mark
+from pipeline.interrupts import Interrupted, Stop, only_mark, quietly
 from pipeline.pacing import NAMES
 from pipeline.progress import Update, terminal, update
 from pipeline.runs import loop, sql
 from pipeline.runs.callers import DriverCaller, ExecutorCaller
+from pipeline.runs.claims import Claims
 from pipeline.runs.context import RunContext, RunResult, context
 from pipeline.runs.grouped import Grouped
-from pipeline.runs.plan import sampling
+from pipeline.runs.plan import sampling, still_to_do
 from pipeline.runs.single import Singles
 from pipeline.spark import executors_reach_network, get_spark, is_local
 
@@ -88,7 +91,7 @@ def run(
             recorder.start().result()
             sql.caption(spark, ctx, listing, result, progress)
         else:
-            _batches(spark, ctx, listing, result, progress, recorder, stop)
+            _batches(spark, ctx, listing, result, progress, recorder, stop, made)
         if stop.requested:
             raise Interrupted(stop.signum or signal.SIGINT)
         result.status = "succeeded"
@@ -129,6 +132,16 @@ def _tables(spark: SparkSession, table: str) -> sink.Tables:
     return tables
 
 
+# Writes that go on beside the run (the claims table; the runs-table row that says it started).
+_background = ThreadPoolExecutor(2, thread_name_prefix="vision-batch-record")
+
+
+def _claims_table(spark: SparkSession, made: Future[sink.Tables]) -> sink.Tables:
+    tables = made.result()
+    sink.ensure_claims(spark, tables)
+    return tables
+
+
 def _planned_against(spark: SparkSession, config: RunConfig,
                      made: Future[sink.Tables]) -> sink.Tables:
     """The tables the plan reads. Tables that are not there yet hold nothing to plan
@@ -142,7 +155,8 @@ def _planned_against(spark: SparkSession, config: RunConfig,
 
 
 def _batches(spark: SparkSession, ctx: RunContext, listing: source.Listing, result: RunResult,
-             progress: Callable[[Update | str], None], recorder: Recorder, stop: Stop) -> None:
+             progress: Callable[[Update | str], None], recorder: Recorder, stop: Stop,
+             made: Future[sink.Tables]) -> None:
     path = Grouped(spark, ctx) if ctx.config.group_by is not None else Singles(spark, ctx)
     began = result.tick()
     plan = path.plan(listing)
@@ -155,9 +169,21 @@ def _batches(spark: SparkSession, ctx: RunContext, listing: source.Listing, resu
     if not plan.pending or stop.requested:
         return
     started = recorder.start()
-    with caller_for(spark, ctx, path.by_group) as caller:
-        loop.drive(path, plan, caller, result, progress, before_writing=started, stop=stop,
-                   interrupt=spark.interruptAll)
+    # The claims table (runs/claims.py), beside the first batch's preparation; the first
+    # request waits for it, so a foreign table there is refused before any is sent.
+    claimable = _background.submit(_timed, "claims table", result, _claims_table, spark, made)
+    claims = Claims(spark, ctx, claimable, stop=stop, still_to_do=lambda entries: still_to_do(
+        spark, ctx, entries, path.by_group))
+    answered_all = False
+    try:
+        with caller_for(spark, ctx, path.by_group) as caller:
+            loop.drive(path, plan, caller, result, progress, before_writing=started,
+                       stop=stop, interrupt=spark.interruptAll, claims=claims)
+        answered_all = not stop.requested
+    finally:  # beside the run's last row
+        recorder.beside(lambda: claims.close(answered_all))
+    for line in claims.said():
+        progress(line)
 
 
 def caller_for(spark: SparkSession, ctx: RunContext,
@@ -174,8 +200,7 @@ def caller_for(spark: SparkSession, ctx: RunContext,
     return DriverCaller(spark, plan) if kind == "driver" else ExecutorCaller(spark, plan)
 
 
-# Writes that go on beside the run (the runs-table row that says it started).
-_background = ThreadPoolExecutor(1, thread_name_prefix="vision-batch-record")
+
 
 
 class Recorder:
@@ -188,6 +213,7 @@ class Recorder:
         self.spark, self.ctx, self.result = spark, ctx, result
         self._made = made  # the tables, created if need be: every write waits for them
         self._started: Future | None = None
+        self._beside: list[threading.Thread] = []
 
     def start(self) -> Future:
         """Append the `running` row in the background, beside planning and the first batch;
@@ -200,7 +226,21 @@ class Recorder:
                 lambda: sink.insert_run(self.spark, self._made.result(), row))
         return self._started
 
+    def beside(self, action: Callable[[], object]) -> None:
+        """Do `action` in the background, beside the run's last row; `finish` waits for it.
+        It is housekeeping: if it fails, the run's outcome stands."""
+        thread = threading.Thread(target=quietly, args=(action,), name="vision-batch-beside")
+        thread.start()
+        self._beside.append(thread)
+
     def finish(self, error: str | None) -> None:
+        try:
+            self._finish(error)
+        finally:
+            for thread in self._beside:
+                thread.join()
+
+    def _finish(self, error: str | None) -> None:
         self.result.tick()
         self.result.settle_latency()
         row = self._row(error)

@@ -1,7 +1,8 @@
 """The batch loop every path shares: prepare ▸ ask ▸ commit, with the stages of consecutive
 batches overlapping so the endpoint never waits for Spark.
 
-    prepare thread   plan stream -> prepare batch k+1 (Spark: read, decode, resize; cached)
+    claims thread    plan stream -> the units this run holds (pipeline/runs/claims.py)
+    prepare thread   claimed batch -> prepare batch k+1 (Spark: read, decode, resize; cached)
     main thread      ask batch k (executors: one Spark job; driver: stream to the client)
     commit thread    rows of batch k-1 -> MERGE, totals, progress (in order, one at a time)
 
@@ -21,8 +22,9 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
+from contextlib import ExitStack
 from typing import Any, Protocol
 
 from pipeline.interrupts import GRACE_S, Stop, only_mark
@@ -54,25 +56,38 @@ class Caller(Protocol):
     def cancel(self) -> None: ...
 
 
+class Claimer(Protocol):
+    """The plan's batches cut to what this run holds (pipeline/runs/claims.py)."""
+
+    def batches(self, stream: Iterable[Batch]) -> Iterator[Batch]: ...
+
+
 def drive(path: RunPath, plan: Plan, caller: Caller, result: RunResult,
           progress: Callable[[Update], None], before_writing: Future | None = None,
-          stop: Stop | None = None, interrupt: Callable[[], object] = lambda: None) -> None:
+          stop: Stop | None = None, interrupt: Callable[[], object] = lambda: None,
+          claims: Claimer | None = None) -> None:
     """Run every batch of `plan`, and return once the last one is committed, or once what
     was answered before a `stop` is. No row is written before `before_writing` is done (the
     runs-table row that says the run started), so every row of the captions table names a
-    run the runs table knows. `interrupt` ends Spark's work in progress (spark.interruptAll)."""
+    run the runs table knows. `interrupt` ends Spark's work in progress (spark.interruptAll).
+    With `claims`, only the units this run holds are asked, claimed in a thread of their own
+    a chunk ahead of the prepare thread."""
     stop = stop or Stop()
     slots = threading.BoundedSemaphore(IN_FLIGHT)
 
-    def prepared_batches() -> Iterator[Prepared]:
-        for batch in plan.stream:
+    def prepared_batches(batches: Iterable[Batch]) -> Iterator[Prepared]:
+        for batch in batches:
             began = result.tick()
             prepared = path.prepare(batch)
             _stamp(result, batch.number, "prepare", began)
             yield prepared
 
-    with Ahead(prepared_batches(), PREPARED_AHEAD, stop) as ready, \
-            Committer(path, plan, result, progress, slots, before_writing) as committer:
+    with ExitStack() as stack:
+        batches: Iterable[Batch] = plan.stream if claims is None else stack.enter_context(
+            Ahead(claims.batches(plan.stream), 1, stop, name="vision-batch-claims"))
+        ready = stack.enter_context(Ahead(prepared_batches(batches), PREPARED_AHEAD, stop))
+        committer = stack.enter_context(
+            Committer(path, plan, result, progress, slots, before_writing))
 
         def halt() -> None:
             """On a stop: answers in, then Spark's leftover work interrupted between commits."""
@@ -220,13 +235,13 @@ class Ahead:
 
     _END = object()
 
-    def __init__(self, items: Iterator[Any], depth: int, stop: Stop | None = None) -> None:
+    def __init__(self, items: Iterator[Any], depth: int, stop: Stop | None = None,
+                 name: str = "vision-batch-prepare") -> None:
         self._items = items
         self._stopped = stop or Stop()  # the consumer is let go at once on a stop
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._fill, daemon=True,
-                                        name="vision-batch-prepare")
+        self._thread = threading.Thread(target=self._fill, daemon=True, name=name)
 
     def __enter__(self) -> Iterator[Any]:
         self._thread.start()

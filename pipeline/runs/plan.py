@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -228,3 +228,39 @@ def cut(entries: Iterable[Entry], size: int, unit_of) -> Iterator[Batch]:
         unit = this
     if current:
         yield Batch(number + 1, tuple(current))
+
+
+def still_to_do(spark: SparkSession, ctx: RunContext, entries: list[Entry],
+                by_group: bool) -> list[Entry]:
+    """Of planned `entries`, those the tables still hold no answer for, by the plan's rules:
+    a file needs an ok or invalid row for its size and time (one outside every group: the
+    row that says so); a group, an answer for its members' fingerprint. For units another
+    run may have answered since this run was planned (pipeline/runs/claims.py)."""
+    if not entries or ctx.tables is None:
+        return list(entries)
+    frame = spark.createDataFrame(
+        [(e.path, e.length, e.modified_us, e.group_key, e.fingerprint) for e in entries],
+        "path STRING, length BIGINT, modified_us BIGINT, group_key STRING, fingerprint STRING")
+    done = set()
+    files = frame.filter(F.col("group_key").isNull()) if by_group else frame
+    paths = [e.path for e in entries if e.group_key is None or not by_group]
+    if paths:
+        rows = _rows_here(spark, replace(ctx, tables=replace(ctx.tables, created=False)))
+        assert rows is not None
+        listed = files.select("path", "length",
+                              F.timestamp_micros("modified_us").alias("modificationTime"))
+        joined = _with_table(listed, rows.filter(F.col("path").isin(paths)))
+        if by_group:  # a file outside every group is done once recorded as such
+            joined = joined.filter(F.col("error_class") == groups.NO_GROUP)
+        done |= {r["path"] for r in joined.filter("done").select("path").collect()}
+    if by_group:
+        keys = sorted({e.group_key for e in entries if e.group_key is not None})
+        if keys:
+            answered = spark.table(ctx.tables.groups).filter(
+                ctx.asked_here & F.col("status").isin(*DONE_STATUSES)
+                & F.col("group_key").isin(keys))
+            found = (frame.filter(F.col("group_key").isNotNull())
+                     .join(answered, ["group_key", "fingerprint"], "left_semi")
+                     .select("path").collect())
+            done |= {r["path"] for r in found}
+    return [e for e in entries if e.path not in done]

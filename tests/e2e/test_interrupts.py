@@ -15,7 +15,9 @@ from tests import files
 from tests.e2e.test_resume import ENDPOINT, launch
 
 COUNT, BATCH, BUDGET = 36, 6, 3
-ARGS = ("--max-files-per-batch", str(BATCH), "--max-concurrency", str(BUDGET))
+# A run ended by a second signal leaves its claims to lapse: soon, for the rerun.
+ARGS = ("--max-files-per-batch", str(BATCH), "--max-concurrency", str(BUDGET),
+        "--lease-seconds", "5")
 
 
 def photos(folder: Path) -> None:

@@ -9,7 +9,7 @@ from pipeline import runs as runner
 from tests import files
 
 
-def test_captions_runs_and_groups_tables_open_in_delta_rs(spark, serve, run_config,
+def test_captions_runs_groups_and_claims_tables_open_in_delta_rs(spark, serve, run_config,
                                                           tmp_path) -> None:
     folder = files.write_photos(tmp_path / "in" / "a", 3, "p{}.jpg", lambda i: (20 + i, 20))
     (tmp_path / "in" / "b").mkdir()
@@ -19,7 +19,8 @@ def test_captions_runs_and_groups_tables_open_in_delta_rs(spark, serve, run_conf
     runner.run(cfg, creds, spark, progress=lambda _: None)
     runner.run(cfg, creds, spark, progress=lambda _: None)  # a second run: MERGEd rows too
 
-    for suffix, rows in (("", 4), ("_runs", 2), ("_groups", 2)):
+    # The claims (row tracking on): the first run's two groups and its lease.
+    for suffix, rows in (("", 4), ("_runs", 2), ("_groups", 2), ("_claims", 3)):
         location = cfg.table + suffix
         read = DeltaTable(location).to_pandas()
         assert len(read) == rows == spark.read.format("delta").load(location).count(), suffix

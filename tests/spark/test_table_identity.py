@@ -64,7 +64,23 @@ def test_every_table_the_program_makes_carries_the_mark(spark, serve, run_config
     tables = sink.resolve(spark, run_config(tmp_path / "in").table)
     sink.ensure_runs(spark, tables)
     sink.ensure_groups(spark, tables)
-    for name in (tables.captions, tables.runs, tables.groups):
+    sink.ensure_claims(spark, tables)
+    for name in (tables.captions, tables.runs, tables.groups, tables.claims):
         properties = {r["key"]: r["value"] for r in spark.sql(
             "SHOW TBLPROPERTIES IDENTIFIER(:t)", args={"t": name}).collect()}
         assert properties.get(sink.MARK) == "1", name
+
+
+def test_a_foreign_table_where_the_claims_table_goes_is_refused_before_any_request(
+    spark, capsys, tmp_path
+) -> None:
+    claims = tmp_path / "out" / "captions_claims"
+    spark.createDataFrame([(1,)], "id INT").write.format("delta").save(str(claims))
+    before = snapshot(claims)
+
+    err = refused(capsys, tmp_path, tmp_path / "out" / "captions")
+
+    assert "captions_claims" in err and "unit, run_id" in err, err
+    assert snapshot(claims) == before
+    made = tmp_path / "out" / "captions"  # the first batch waited for the claims table
+    assert spark.read.format("delta").load(str(made)).count() == 0

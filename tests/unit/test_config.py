@@ -65,6 +65,7 @@ def test_wrong_type_is_named(tmp_path: Path) -> None:
         ({"sample_fraction": 0.0}, "sample_fraction must be above 0 and at most 1"),
         ({"sample_fraction": 1.5}, "sample_fraction must be above 0 and at most 1"),
         ({"mode": "sql", "sample": 3}, "mode sql read the whole input"),
+        ({"lease_seconds": 2}, "lease_seconds must be at least 5"),
     ],
 )
 def test_invalid_values(flags: dict, match: str) -> None:
