@@ -174,14 +174,12 @@ def _batches(spark: SparkSession, ctx: RunContext, listing: source.Listing, resu
     claimable = _background.submit(_timed, "claims table", result, _claims_table, spark, made)
     claims = Claims(spark, ctx, claimable, stop=stop, still_to_do=lambda entries: still_to_do(
         spark, ctx, entries, path.by_group))
-    answered_all = False
     try:
         with caller_for(spark, ctx, path.by_group) as caller:
             loop.drive(path, plan, caller, result, progress, before_writing=started,
                        stop=stop, interrupt=spark.interruptAll, claims=claims)
-        answered_all = not stop.requested
-    finally:  # beside the run's last row
-        recorder.beside(lambda: claims.close(answered_all))
+    finally:
+        recorder.beside(claims.close)  # the lease ends beside the run's last row
     for line in claims.said():
         progress(line)
 

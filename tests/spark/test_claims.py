@@ -86,10 +86,10 @@ def test_two_runs_ask_disjoint_work_but_the_first_batch_and_skip_what_the_other_
     assert asked == {"run-1": of(1, 2, 3, 6), "run-2": of(1, 4, 5)}
     assert one.others == {"run-2": 8} and two.others == {"run-1": 12}
     assert not one.left and not two.left
-    # One answered all it held: its lease lapses. The other stopped short: it ends it now.
-    one.close(answered_all=True)
-    two.close(answered_all=False)
-    assert live(spark, tables) == {"run-1"}
+    assert live(spark, tables) == {"run-1", "run-2"}
+    for claims in (one, two):
+        claims.close()
+    assert not live(spark, tables)  # both leases end with their runs
 
 
 def live(spark, tables) -> set[str]:
@@ -106,9 +106,10 @@ def lease_rows(ctx, run_id: str, units: list[str], until: datetime) -> list[dict
 
 
 def test_a_dead_runs_claims_lapse_and_a_live_runs_units_wait_until_it_lets_go(
-    setting,
+    setting, monkeypatch
 ) -> None:
     spark, ctx, tables, run, batches = setting
+    monkeypatch.setattr(claiming, "FORGET_EVERY", 1)  # this run's end forgets "old"
     now = datetime.now(timezone.utc)
     units = [[unit_of(e) for e in b.entries] for b in batches]
     # "dead" was killed holding batches 2 and 3, and answered one file of them first;
@@ -146,7 +147,7 @@ def test_a_dead_runs_claims_lapse_and_a_live_runs_units_wait_until_it_lets_go(
     assert names(tail) == names(batches[3]) and me.waited_s >= 0.5
     assert not me.left
 
-    me.close(answered_all=False)  # forgets "old", gone over a day; keeps the others
+    me.close()  # forgets "old", gone over a day; keeps the others
     kept = {r.run_id for r in spark.table(tables.claims).select("run_id").distinct().collect()}
     assert kept == {"dead", "busy", "run-1"}
     assert not live(spark, tables)
@@ -166,4 +167,4 @@ def test_units_a_live_run_keeps_are_left_to_it_once_the_tail_gives_up(
     assert me.left == {unit_of(e): "busy" for e in batches[1].entries}
     (line,) = me.said()
     assert line.startswith("4 file(s) left to runs still at work on them after") and "busy" in line
-    me.close(answered_all=True)
+    me.close()
