@@ -13,13 +13,15 @@ from dataclasses import dataclass, field
 
 from databricks.sdk.core import Config
 
+from pipeline.errors import RunError
+
 # Bound the SDK's own probes (host metadata, OAuth discovery) so a wrong host fails in
 # seconds instead of retrying for five minutes.
 _SDK_RETRY_SECONDS = 15
 _SDK_HTTP_SECONDS = 10
 
 
-class AuthError(RuntimeError):
+class AuthError(RunError):
     """No usable credentials for the host; the message says what is missing, never a value."""
 
 

@@ -1,5 +1,6 @@
 """`vision-batch`: run, estimate, report, serve-local. Errors are one line; exit 0 when the
-run completed, 1 when it could not, 2 for usage errors (README, "Command line").
+run completed, 1 when it could not, 2 for usage errors (pipeline/errors.py; README, "Command
+line").
 
 Spark and the run layer are imported by the commands that use them: settings are checked,
 and usage errors reported, before a second is spent loading them.
@@ -20,28 +21,18 @@ from dataclasses import replace  # noqa: E402
 from typing import TYPE_CHECKING  # noqa: E402
 
 from pipeline import auth, config, local_endpoint, progress  # noqa: E402
-from pipeline.auth import AuthError, Credentials  # noqa: E402
-from pipeline.client import EndpointError, preflight  # noqa: E402
+from pipeline.auth import Credentials  # noqa: E402
+from pipeline.client import preflight  # noqa: E402
 from pipeline.config import CALLERS, LOCAL_ENDPOINT, SESSIONS, ConfigError, RunConfig  # noqa: E402
+from pipeline.errors import RunError, UsageError  # noqa: E402
 from pipeline.interrupts import Interrupted, Stop  # noqa: E402
-from pipeline.limits import LimitsError, load_catalog  # noqa: E402
+from pipeline.limits import load_catalog  # noqa: E402
 from pipeline.pacing import NAMES as LIMITS  # noqa: E402
 from pipeline.pacing import UNITS, held_back  # noqa: E402
 from pipeline.resources import samples_dir  # noqa: E402
 
 if TYPE_CHECKING:
     from pipeline.runs import RunResult
-
-
-def user_errors() -> tuple[type[Exception], ...]:
-    """The errors that are the user's to fix: one line, exit 1."""
-    from pipeline.runs.sql import SqlPathError
-    from pipeline.sink import TableError
-    from pipeline.source import InputError
-    from pipeline.spark import SessionError
-
-    return (AuthError, EndpointError, InputError, TableError, LimitsError, SessionError,
-            SqlPathError)
 
 
 def _input_flags(p: argparse.ArgumentParser) -> None:
@@ -145,10 +136,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ConfigError as exc:
-        return _fail(str(exc), 2)
-    except user_errors() as exc:
-        return _fail(str(exc), 1)
+    except UsageError as exc:  # before Spark starts: nothing was created
+        return _fail(str(exc), exc.exit_code)
+    except RunError as exc:
+        return _fail(str(exc), exc.exit_code)
     except Interrupted as exc:
         return _fail(interrupted(exc), exc.exit_code)
     except KeyboardInterrupt:

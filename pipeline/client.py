@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 
 from pipeline.auth import Credentials
+from pipeline.errors import RunError
 from pipeline.pacing import Cost, Pacer, Ticket, TokenLimits, oversized
 from pipeline.payloads import BadResponse, error_message
 
@@ -279,7 +280,7 @@ def spent(attempt: _Attempt, cost: Cost) -> Cost | None:
     return Cost(cost.input_tokens, cost.output_tokens if generated else 0)
 
 
-class EndpointError(RuntimeError):
+class EndpointError(RunError):
     """The endpoint cannot be used at all (unreachable, token refused, unknown name)."""
 
 

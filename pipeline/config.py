@@ -17,6 +17,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from pipeline.errors import UsageError
 from pipeline.payloads import PromptSpec
 
 DEFAULT_PROMPT = (
@@ -44,7 +45,7 @@ ENDPOINT_NAME = re.compile(r"[A-Za-z0-9_-]+")
 MIN_LEASE_S = 5  # a claim and a renewal take a second or two
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError):
     """A setting is missing or wrong; the message names the key."""
 
 

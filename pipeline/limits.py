@@ -11,13 +11,14 @@ from typing import Any
 
 import yaml
 
+from pipeline.errors import RunError
 from pipeline.resources import conf_dir
 
 TOKEN_KINDS = ("pixels", "tiles", "grid", "fixed")
 PRICE_KEYS = ("input_per_million", "output_per_million", "currency", "source")
 
 
-class LimitsError(ValueError):
+class LimitsError(RunError, ValueError):
     """conf/models.yml is missing a key or holds a wrong value; the message names the key."""
 
 

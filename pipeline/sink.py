@@ -22,16 +22,30 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pandas as pd
+from delta import exceptions as delta_errors
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType, _parse_datatype_string
 
 from pipeline import localfs
+from pipeline.errors import RunError
 from pipeline.resources import sql_text
 from pipeline.spark import analyze
 
 # Delta's optimistic concurrency: two runs merging into one table can conflict. The
-# loser retries against the new snapshot; these markers name the retriable conflicts.
+# loser retries against the new snapshot. Delta's own exception types say so on a classic
+# session; on Spark Connect the error arrives as text, so these markers name the retriable
+# conflicts there, and the races of two runs creating one table everywhere.
+_CONFLICT_TYPES = (
+    delta_errors.DeltaConcurrentModificationException,
+    delta_errors.ConcurrentWriteException,
+    delta_errors.MetadataChangedException,
+    delta_errors.ProtocolChangedException,
+    delta_errors.ConcurrentAppendException,
+    delta_errors.ConcurrentDeleteReadException,
+    delta_errors.ConcurrentDeleteDeleteException,
+    delta_errors.ConcurrentTransactionException,
+)
 _CONFLICTS = (
     "ConcurrentAppendException",
     "ConcurrentDeleteReadException",
@@ -66,7 +80,7 @@ NOW = ("processed_at",)
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
-class TableError(RuntimeError):
+class TableError(RunError):
     """The table cannot be used (not Delta, unreadable); one line for the user."""
 
 
@@ -380,12 +394,17 @@ def _check_not_foreign(spark: SparkSession, location: str) -> None:
         raise TableError(f"--table {location} holds files but is not a Delta table")
 
 
+def retriable(exc: BaseException) -> bool:
+    """A write conflict that a retry against the new snapshot resolves."""
+    return isinstance(exc, _CONFLICT_TYPES) or any(m in str(exc) for m in _CONFLICTS)
+
+
 def _with_retries(action):
     for attempt in range(1, MAX_COMMIT_ATTEMPTS + 1):
         try:
             return action()
         except Exception as exc:
-            if attempt == MAX_COMMIT_ATTEMPTS or not any(m in str(exc) for m in _CONFLICTS):
+            if attempt == MAX_COMMIT_ATTEMPTS or not retriable(exc):
                 raise
             time.sleep(random.uniform(0, 0.2 * 2**attempt))
     return None

@@ -28,6 +28,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from pipeline import localfs
+from pipeline.errors import RunError
 from pipeline.spark import analyze
 from pipeline.udfs import in_worker
 
@@ -43,7 +44,7 @@ DRIVER_WALK_LIMIT = 20_000
 _GLOB = re.compile(r"([\\\[\]{}*?])")
 
 
-class InputError(RuntimeError):
+class InputError(RunError):
     """The input cannot be listed (missing, empty, unreadable); one line for the user."""
 
 

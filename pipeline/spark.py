@@ -31,6 +31,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
+from pipeline.errors import RunError
 from pipeline.resources import conf_dir
 
 # Arrow batches into Python UDFs are bounded by bytes as well as rows: a batch of twenty
@@ -41,7 +42,7 @@ ARROW_MAX_RECORDS = 256
 
 
 
-class SessionError(RuntimeError):
+class SessionError(RunError):
     """The requested session cannot be made here; one line for the user."""
 
 

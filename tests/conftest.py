@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
-import socket
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -20,6 +16,7 @@ from pipeline.config import RunConfig
 from pipeline.local_endpoint import EndpointOptions, Faults, LocalEndpoint
 
 REPO = Path(__file__).resolve().parents[1]
+TIERS = ("unit", "spark", "e2e")  # the folders under tests/, one marker each
 
 # Tests never talk to a real workspace, whatever the developer's shell holds.
 for _name in ("DATABRICKS_HOST", "DATABRICKS_TOKEN", "DATABRICKS_CONFIG_PROFILE"):
@@ -28,29 +25,17 @@ for _name in ("DATABRICKS_HOST", "DATABRICKS_TOKEN", "DATABRICKS_CONFIG_PROFILE"
 os.environ.pop("SPARK_REMOTE", None)
 
 
-@pytest.fixture(scope="session")
-def connect_session() -> Iterator[dict[str, str]]:
-    """One Spark Connect server for the whole test run, in its own process (as serverless
-    compute or a shared cluster is): the environment that points `vision-batch` at it."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    token = secrets.token_hex(16)
-    env = {k: v for k, v in os.environ.items() if k != "SPARK_REMOTE"}
-    env["SPARK_CONNECT_AUTHENTICATE_TOKEN"] = token
-    server = subprocess.Popen([sys.executable, "-m", "tests.connect_server", str(port)],
-                              env=env, cwd=REPO, stdout=subprocess.PIPE, text=True,
-                              start_new_session=True)
-    try:
-        ready = server.stdout.readline() if server.stdout else ""
-        assert ready.strip() == "ready", f"the Spark Connect server did not start: {ready!r}"
-        yield {"SPARK_REMOTE": f"sc://localhost:{port}", "SPARK_CONNECT_AUTHENTICATE_TOKEN": token}
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Each test carries its tier's marker (the folder it is in: unit, spark, e2e), and
+    `spark` too when it needs Spark: a tier of Spark tests, a test that takes the shared
+    session or the Connect server, or a module that says so (one that runs the `run`
+    command, which starts its own). So `pytest -m "not spark"` runs in seconds."""
+    for item in items:
+        tier = Path(str(item.path)).parent.name
+        if tier in TIERS:
+            item.add_marker(tier)
+        if tier == "spark" or {"spark", "connect_session"} & set(item.fixturenames):
+            item.add_marker("spark")
 
 
 @pytest.fixture(scope="session")

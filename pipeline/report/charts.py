@@ -12,8 +12,9 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple
 
+from pipeline.percentiles import percentile
 from pipeline.report.sampling import PROBLEMS
-from pipeline.report.totals import Totals, percentile
+from pipeline.report.totals import Totals
 
 COLORS = {"ok": "#1a7f37", "invalid": "#b86e00", "failed": "#cf222e"}
 NEUTRAL = "#0969da"

@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.limits import Catalog
+from pipeline.percentiles import percentile
 from pipeline.report.charts import esc
 from pipeline.report.page import CSS as REPORT_CSS
 from pipeline.report.page import _csp_hash, _file_name, _money
 from pipeline.report.thumbnails import Preview
-from pipeline.report.totals import percentile
 
 # What the page reads of each captions row.
 COLUMNS = ("path", "endpoint", "prompt_id", "status", "error_class", "caption",

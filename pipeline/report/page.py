@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from pipeline.limits import Catalog, load_catalog
+from pipeline.percentiles import percentile
 from pipeline.report.charts import charts, esc
 from pipeline.report.sampling import (
     MAX_THUMBNAILS,
@@ -27,7 +28,7 @@ from pipeline.report.sampling import (
     tally,
 )
 from pipeline.report.thumbnails import NOT_READ, Preview, _as_preview, image_size
-from pipeline.report.totals import FamilyCost, Totals, costs, percentile, utc
+from pipeline.report.totals import FamilyCost, Totals, costs, utc
 
 STATUSES = ("ok", "invalid", "failed")
 # The bound is 20 MB; thumbnails stop being embedded before the page passes this.

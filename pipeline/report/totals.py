@@ -7,7 +7,6 @@ the page uses too.
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -94,14 +93,6 @@ def utc(when: datetime | float) -> datetime:
         return datetime.fromtimestamp(when, timezone.utc)
     return when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when.astimezone(
         timezone.utc)
-
-
-def percentile(values: list[int], q: float) -> int | None:
-    """Nearest-rank percentile: a value that occurred, like Spark's percentile_approx."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
 
 class FamilyCost(NamedTuple):

@@ -3,7 +3,6 @@ that grow batch by batch (`RunResult`), counted from the rows in hand, never by 
 
 from __future__ import annotations
 
-import math
 import time
 import uuid
 from array import array
@@ -25,6 +24,7 @@ from pipeline.limits import Catalog, ModelFamily, load_catalog
 from pipeline.pacing import HELD, NAMES, TokenLimits
 from pipeline.packing import packed_spec
 from pipeline.payloads import PromptSpec, image_byte_budget
+from pipeline.percentiles import percentile
 
 DONE_STATUSES = ("ok", "invalid")
 
@@ -196,14 +196,9 @@ class RunResult:
 
     def settle_latency(self) -> None:
         """The latency percentiles of the rows counted so far (sorted once, at the end)."""
-        self.latency_p50_ms = _percentile(self._latencies, 0.5)
-        self.latency_p95_ms = _percentile(self._latencies, 0.95)
+        self.latency_p50_ms = _ms(percentile(self._latencies, 0.5))
+        self.latency_p95_ms = _ms(percentile(self._latencies, 0.95))
 
 
-def _percentile(values: array, p: float) -> float | None:
-    """The smallest value with at least `p` of the values at or below it (as Spark's
-    percentile_approx gives for data this small)."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return float(ordered[max(0, math.ceil(p * len(ordered)) - 1)])
+def _ms(value: int | None) -> float | None:
+    return None if value is None else float(value)

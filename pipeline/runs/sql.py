@@ -21,6 +21,7 @@ from pyspark.sql import functions as F
 
 from pipeline import sink, sql_functions
 from pipeline.config import GROUP_BY_FOLDER
+from pipeline.errors import RunError
 from pipeline.images import target_size
 from pipeline.packing import request_room
 from pipeline.resources import sql_text
@@ -41,7 +42,7 @@ NO_AI_QUERY = ("ai_query is not available on this compute (Databricks offers it 
                "compute and SQL warehouses): run with --mode udf here, or on one of those")
 
 
-class SqlPathError(RuntimeError):
+class SqlPathError(RunError):
     """The SQL path cannot run on this compute; one line for the user."""
 
 

@@ -10,9 +10,14 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from pipeline.runs.loop import IN_FLIGHT
 from tests import files
 from tests.e2e.test_resume import ENDPOINT, launch
+
+# Every test here runs `vision-batch run`, which starts Spark of its own.
+pytestmark = pytest.mark.spark
 
 COUNT, BATCH, BUDGET = 36, 6, 3
 # A run ended by a second signal leaves its claims to lapse: soon, for the rerun.

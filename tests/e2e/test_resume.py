@@ -10,8 +10,13 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from pipeline.runs.loop import IN_FLIGHT
 from tests import files
+
+# Every test here runs `vision-batch run`, which starts Spark of its own.
+pytestmark = pytest.mark.spark
 
 ENDPOINT = "resume-vlm"
 

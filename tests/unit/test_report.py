@@ -13,11 +13,12 @@ from PIL import Image
 
 from pipeline import report
 from pipeline.limits import LimitsError, load_catalog, parse_catalog
+from pipeline.percentiles import percentile
 from pipeline.report.charts import bin_counts, bins, time_buckets
 from pipeline.report.page import PAGE_BUDGET_BYTES
 from pipeline.report.sampling import quotas, tally
 from pipeline.report.thumbnails import THUMBNAIL_SIDE, Preview, preview, thumbnail
-from pipeline.report.totals import costs, percentile
+from pipeline.report.totals import costs
 from tests import files
 
 T0 = datetime(2025, 6, 1, 12, 0, tzinfo=timezone.utc)

@@ -1,0 +1,26 @@
+"""One error vocabulary. Every error that is the user's to act on is a VisionBatchError; the
+command line prints it as one line and exits with its code (README, "Exit codes").
+
+    VisionBatchError
+      UsageError  exit 2: the command, a flag, the conf or a file it names is wrong; it is
+                  raised before Spark starts, and nothing is created
+      RunError    exit 1: the run cannot go on here (the input, a table, the endpoint, the
+                  credentials, the Spark session, the models file)
+
+Anything else (a Spark or JVM failure) exits 1 with its first line. Ctrl-C and SIGTERM exit
+130 and 143 (pipeline/interrupts.py).
+"""
+
+from __future__ import annotations
+
+
+class VisionBatchError(Exception):
+    exit_code = 1
+
+
+class UsageError(VisionBatchError, ValueError):
+    exit_code = 2
+
+
+class RunError(VisionBatchError, RuntimeError):
+    exit_code = 1
