@@ -44,7 +44,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from pipeline import sink
-from pipeline.interrupts import Stop
+from pipeline.interrupts import Stop, quietly
 from pipeline.runs.context import RunContext
 from pipeline.runs.plan import Batch, Entry, cut
 
@@ -132,7 +132,8 @@ class Claims:
         first = next(batches, None)
         if first is None:
             return
-        # Nothing is asked before the claims table is known to be ours (made at the start).
+        # Nothing is asked before the claims table is known to be ours (made, or checked,
+        # beside the first batch's preparation).
         self._tables = self._claimable.result()
         self._renewer.start()
         yield self._numbered(first.entries)  # asked while its claim is written: whoever
@@ -147,8 +148,8 @@ class Claims:
                 if entries:
                     yield self._numbered(entries)
         if asked:  # the first batch was the only one: claimed beside its asking, and the
-            self._lone = threading.Thread(target=self._write, args=(asked,),  # loop's end
-                                          name="vision-batch-claim")  # does not wait for it
+            self._lone = threading.Thread(  # loop's end does not wait for it
+                target=quietly, args=(lambda: self._write(asked),), name="vision-batch-claim")
             self._lone.start()
         yield from self._tail()
 
