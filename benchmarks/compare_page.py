@@ -20,7 +20,7 @@ from common import jpeg
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 
-from pipeline.limits import load_catalog
+from pipeline.images.limits import load_catalog
 from pipeline.report.compare import Pair, render_compare
 from pipeline.report.thumbnails import preview
 

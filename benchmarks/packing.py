@@ -20,8 +20,8 @@ from pathlib import Path
 from common import Endpoint, jpeg
 
 from pipeline import runs as runner
-from pipeline.auth import static
 from pipeline.config import RunConfig
+from pipeline.endpoint.auth import static
 from pipeline.spark import get_spark
 
 ENDPOINT = "bench-vlm"

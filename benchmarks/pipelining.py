@@ -59,8 +59,8 @@ def whole_run(folder: Path, label: str, pythonpath: Path | None = None) -> dict:
 
 def breakdown(folder: Path) -> None:
     """The same run in this process: the timeline of each stage of each batch."""
-    from pipeline.auth import static
     from pipeline.config import RunConfig
+    from pipeline.endpoint.auth import static
     from pipeline.runs import run
 
     started = time.time()
@@ -118,8 +118,9 @@ def planning(folder: Path) -> None:
     """Planning time with everything done, 5,000 vs 50,000 files, in a warm session."""
     from pyspark.sql import functions as F
 
-    from pipeline import sink, source
+    from pipeline import sink
     from pipeline.config import RunConfig
+    from pipeline.files import source
     from pipeline.runs import plan
     from pipeline.runs.context import context
     from pipeline.spark import get_spark

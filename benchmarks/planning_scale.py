@@ -53,9 +53,9 @@ def main() -> None:
 
     from pipeline import sink
     from pipeline.config import RunConfig
+    from pipeline.files.source import Listing
     from pipeline.runs import plan
     from pipeline.runs.context import context
-    from pipeline.source import Listing
     from pipeline.spark import get_spark
 
     spark = get_spark("vision-batch-planning")

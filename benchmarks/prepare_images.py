@@ -26,8 +26,8 @@ from pathlib import Path
 import psutil
 from PIL import Image, ImageOps
 
-from pipeline.images import prepare
-from pipeline.limits import load_catalog
+from pipeline.images.limits import load_catalog
+from pipeline.images.prepare import prepare
 
 CATALOG = load_catalog()
 FAMILY = CATALOG.families["claude"]  # 1568 px / 1.15 MP target: a typical downscale
@@ -88,8 +88,8 @@ def memory(count: int) -> None:
 
     from common import Endpoint
 
-    from pipeline.auth import static
     from pipeline.config import RunConfig
+    from pipeline.endpoint.auth import static
     from pipeline.runs import run
     from pipeline.spark import get_spark
 

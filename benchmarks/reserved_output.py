@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import sys
 
-from pipeline import pacing
 from pipeline.cli import main
+from pipeline.endpoint import pacing
 
 _settle = pacing.Window.settle
 

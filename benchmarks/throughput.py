@@ -50,7 +50,7 @@ def callers(folder: Path, args) -> dict[tuple[str, str], tuple[float, float, flo
 def naive_udf(url: str, token: str, prompt: str):
     from pyspark.sql.functions import pandas_udf
 
-    from pipeline.payloads import data_url
+    from pipeline.endpoint.payloads import data_url
 
     @pandas_udf("string")
     def caption(images: pd.Series, mimes: pd.Series) -> pd.Series:
@@ -76,8 +76,8 @@ def naive(folder: Path, args) -> float:
     """(b): the same images, prepared by vision-batch, asked one by one per Spark task."""
     from dataclasses import replace
 
-    from pipeline import source
     from pipeline.config import RunConfig
+    from pipeline.files import source
     from pipeline.runs import plan
     from pipeline.runs.context import context
     from pipeline.runs.prepare import prepare
@@ -103,9 +103,9 @@ def cpu_per_request(images: list[bytes], capacity: int) -> tuple[float, float]:
     """Client CPU seconds per request: our async client vs the sync OpenAI client."""
     from openai import OpenAI
 
-    from pipeline.auth import static
-    from pipeline.client import CaptionClient, ClientSettings
-    from pipeline.payloads import PromptSpec, caption_parser, chat_body, data_url, encode
+    from pipeline.endpoint.auth import static
+    from pipeline.endpoint.client import CaptionClient, ClientSettings
+    from pipeline.endpoint.payloads import PromptSpec, caption_parser, chat_body, data_url, encode
 
     spec = PromptSpec("Describe this image.", 64)
     bodies = [encode(chat_body(spec, [("image/jpeg", i)])) for i in images]

@@ -28,8 +28,8 @@ from pathlib import Path
 from common import Endpoint, command, jpeg, rate
 
 from pipeline.config import DEFAULT_PROMPT
-from pipeline.limits import load_catalog
-from pipeline.payloads import text_tokens
+from pipeline.endpoint.payloads import text_tokens
+from pipeline.images.limits import load_catalog
 
 HERE = Path(__file__).resolve().parent
 LATENCY_MS, CAPACITY = 250, 16

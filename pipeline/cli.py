@@ -20,15 +20,17 @@ from contextlib import contextmanager  # noqa: E402
 from dataclasses import replace  # noqa: E402
 from typing import TYPE_CHECKING  # noqa: E402
 
-from pipeline import auth, config, local_endpoint, progress  # noqa: E402
-from pipeline.auth import Credentials  # noqa: E402
-from pipeline.client import preflight  # noqa: E402
+from pipeline import config, progress  # noqa: E402
 from pipeline.config import CALLERS, LOCAL_ENDPOINT, SESSIONS, ConfigError, RunConfig  # noqa: E402
+from pipeline.endpoint import auth  # noqa: E402
+from pipeline.endpoint.auth import Credentials  # noqa: E402
+from pipeline.endpoint.client import preflight  # noqa: E402
+from pipeline.endpoint.pacing import NAMES as LIMITS  # noqa: E402
+from pipeline.endpoint.pacing import UNITS, held_back  # noqa: E402
 from pipeline.errors import RunError, UsageError  # noqa: E402
+from pipeline.images.limits import load_catalog  # noqa: E402
 from pipeline.interrupts import Interrupted, Stop  # noqa: E402
-from pipeline.limits import load_catalog  # noqa: E402
-from pipeline.pacing import NAMES as LIMITS  # noqa: E402
-from pipeline.pacing import UNITS, held_back  # noqa: E402
+from pipeline.local import server as local_endpoint  # noqa: E402
 from pipeline.resources import samples_dir  # noqa: E402
 
 if TYPE_CHECKING:

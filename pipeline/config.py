@@ -17,8 +17,8 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from pipeline.endpoint.payloads import PromptSpec
 from pipeline.errors import UsageError
-from pipeline.payloads import PromptSpec
 
 DEFAULT_PROMPT = (
     "Describe this image in one or two sentences, as alt text for someone who cannot see it."
@@ -80,7 +80,7 @@ class RunConfig:
     max_concurrency: int = 8
     max_rpm: int | None = None
     # A pay-per-token endpoint's limits (its page in the workspace shows them): input and
-    # output tokens per minute, queries per hour, for the whole run (pipeline/pacing.py).
+    # output tokens per minute, queries per hour, for the whole run (pipeline/endpoint/pacing.py).
     max_itpm: int | None = None
     max_otpm: int | None = None
     max_qph: int | None = None

@@ -13,10 +13,11 @@ from dataclasses import dataclass, field, replace
 
 from pyspark.sql import SparkSession
 
-from pipeline import sink, source
+from pipeline import sink
 from pipeline.config import ConfigError, RunConfig
-from pipeline.pacing import NAMES, UNITS
-from pipeline.payloads import text_tokens
+from pipeline.endpoint.pacing import NAMES, UNITS
+from pipeline.endpoint.payloads import text_tokens
+from pipeline.files import source
 from pipeline.runs import plan
 from pipeline.runs.context import context
 from pipeline.runs.prepare import prepare

@@ -11,9 +11,9 @@ from __future__ import annotations
 import re
 
 from pipeline.config import DEFAULT_PROMPT, RunConfig
-from pipeline.images import target_size
-from pipeline.limits import load_catalog
-from pipeline.payloads import image_byte_budget
+from pipeline.endpoint.payloads import image_byte_budget
+from pipeline.images.limits import load_catalog
+from pipeline.images.prepare import target_size
 from pipeline.resources import sql_text
 
 CELL = "\n\n-- COMMAND ----------\n\n"

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 
-from pipeline.pacing import held_back
+from pipeline.endpoint.pacing import held_back
 from pipeline.spark import on_databricks
 
 STATUSES = ("ok", "invalid", "failed")

@@ -27,8 +27,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType, _parse_datatype_string
 
-from pipeline import localfs
 from pipeline.errors import RunError
+from pipeline.files import localfs
 from pipeline.resources import sql_text
 from pipeline.spark import analyze
 

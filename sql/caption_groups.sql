@@ -27,7 +27,7 @@
 -- that does not take it should fail the whole statement at analysis, with an argument type
 -- error naming `files`, before any request is made or any row written. Then use the UDF
 -- path, `vision-batch run --group-by ...` (mode udf): the same groups, prompt and groups
--- table, against any endpoint. (Locally, pipeline/sql_functions.py's stand-in takes both.)
+-- table, against any endpoint. (Locally, pipeline/local/sql_functions.py's stand-in takes both.)
 --
 -- What differs from the UDF path, because SQL can neither decode nor measure a request:
 -- - only the groups table is written: members get no rows in the captions table, and a file
@@ -41,7 +41,7 @@
 -- - ai_query returns no usage, so tokens are estimated (usage_source = 'estimated') for the
 --   parts that answered, latency_ms is NULL, and `attempts` counts the parts asked;
 -- - Spark's binaryFile scan drops zero-length files and the UDF path adds them back
---   (pipeline/source.py). Where read_files drops them too (unchecked on Databricks; the
+--   (pipeline/files/source.py). Where read_files drops them too (unchecked on Databricks; the
 --   local stand-in lists them), a group holding an empty file has one member fewer here, so
 --   another fingerprint: each path then asks that group once more.
 MERGE INTO IDENTIFIER(:groups_table) AS t
@@ -53,7 +53,7 @@ USING (
     FROM read_files(:input_path, format => 'binaryFile', recursiveFileLookup => true)
   ),
   fingerprints AS (
-    -- Exactly the UDF path's fingerprint (pipeline/group_run.py) over every file of the
+    -- Exactly the UDF path's fingerprint (pipeline/runs/plan.py) over every file of the
     -- group, valid or not: a change to any member redoes the group, on either path.
     SELECT group_key,
       sha2(concat_ws('\n', sort_array(collect_list(concat_ws('|', path,

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from pipeline import auth
 from pipeline.config import RunConfig
-from pipeline.local_endpoint import EndpointOptions, Faults, LocalEndpoint
+from pipeline.endpoint import auth
+from pipeline.local.server import EndpointOptions, Faults, LocalEndpoint
 
 REPO = Path(__file__).resolve().parents[1]
 TIERS = ("unit", "spark", "e2e")  # the folders under tests/, one marker each

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from pipeline.limits import Catalog, InputBounds, load_catalog
+from pipeline.images.limits import Catalog, InputBounds, load_catalog
 from pipeline.report import compare, page
 from pipeline.report.page import Page, Scope, render_report
 from pipeline.report.sampling import MAX_THUMBNAILS, RowKey, tally
@@ -217,7 +217,7 @@ def read_previews(spark: SparkSession, rows: list[Mapping[str, Any]],
 def _read_existing(spark: SparkSession, paths: list[str]) -> DataFrame | None:
     """read_contents over the paths that still exist: checked with the os where the files
     have an os path, else by asking Spark about each (paid only when some file has gone)."""
-    from pipeline import localfs, source
+    from pipeline.files import localfs, source
     from pipeline.spark import analyze
 
     def exists(path: str) -> bool:

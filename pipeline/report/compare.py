@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.limits import Catalog
+from pipeline.images.limits import Catalog
 from pipeline.percentiles import percentile
 from pipeline.report.charts import esc
 from pipeline.report.page import CSS as REPORT_CSS

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from pipeline.limits import Catalog, load_catalog
+from pipeline.images.limits import Catalog, load_catalog
 from pipeline.percentiles import percentile
 from pipeline.report.charts import charts, esc
 from pipeline.report.sampling import (

@@ -16,7 +16,7 @@ THUMBNAIL_SIDE = 160  # px, long side: sharp in a 160 px card slot, ~3-9 KB as J
 THUMBNAIL_QUALITY = 60
 # Never read for a thumbnail: nothing to see (empty), or too costly to read or decode.
 NOT_READ = ("empty_file", "too_large", "decompression_bomb")
-# Formats a thumbnail is made from; the same set the pipeline decodes (pipeline.images).
+# Formats a thumbnail is made from; the same set the pipeline decodes (pipeline.images.prepare).
 DECODABLE = ("JPEG", "PNG", "GIF", "WEBP", "TIFF", "BMP")
 
 
@@ -33,7 +33,7 @@ def thumbnail(content: bytes | None, max_pixels: int, side: int = THUMBNAIL_SIDE
               quality: int = THUMBNAIL_QUALITY) -> bytes | None:
     """A JPEG whose long side is at most `side` px: EXIF-oriented, any mode flattened to RGB.
     None when the bytes do not decode (or claim more than `max_pixels`): never an error."""
-    from pipeline.images import _to_rgb_or_l  # the pipeline's one mode-flattening rule
+    from pipeline.images.prepare import _to_rgb_or_l  # the pipeline's one mode-flattening rule
 
     if not content:
         return None

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
-from pipeline.limits import Catalog, Price
+from pipeline.images.limits import Catalog, Price
 
 
 @dataclass

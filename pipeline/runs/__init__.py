@@ -28,11 +28,12 @@ from dataclasses import replace
 
 from pyspark.sql import SparkSession
 
-from pipeline import sink, source
-from pipeline.auth import Credentials
+from pipeline import sink
 from pipeline.config import RunConfig
+from pipeline.endpoint.auth import Credentials
+from pipeline.endpoint.pacing import NAMES
+from pipeline.files import source
 from pipeline.interrupts import Interrupted, Stop, only_mark, quietly
-from pipeline.pacing import NAMES
 from pipeline.progress import Update, terminal, update
 from pipeline.runs import loop, sql
 from pipeline.runs.callers import DriverCaller, ExecutorCaller

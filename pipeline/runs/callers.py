@@ -11,7 +11,7 @@
   batch's images follow as soon as this batch's are handed over, so the budget stays full
   across batch boundaries.
 
-Both ask through the same `CallPlan` (pipeline/asking.py) and return the same answer rows.
+Both ask through the same `CallPlan` (pipeline/endpoint/asking.py) and return the same answer rows.
 """
 
 from __future__ import annotations
@@ -26,11 +26,11 @@ from typing import Any
 
 from pyspark.sql import DataFrame, Row, SparkSession
 
-from pipeline.asking import CallPlan, LoopThread, Member
-from pipeline.client import CaptionClient
+from pipeline.endpoint.asking import CallPlan, LoopThread, Member
+from pipeline.endpoint.client import CaptionClient
 from pipeline.interrupts import Stop
+from pipeline.runs.udfs import answer_schema, ask_in_tasks
 from pipeline.spark import parallelism
-from pipeline.udfs import answer_schema, ask_in_tasks
 
 CALLERS = ("auto", "executors", "driver")
 # Requests in flight one asking task drives comfortably: the client spends about 2 ms of CPU

@@ -15,15 +15,15 @@ from pyspark.sql import Column
 from pyspark.sql import functions as F
 
 from pipeline import sink
-from pipeline.asking import CallPlan, cost
-from pipeline.auth import Credentials
-from pipeline.client import ClientSettings
 from pipeline.config import ConfigError, RunConfig
-from pipeline.images import largest_image_tokens
-from pipeline.limits import Catalog, ModelFamily, load_catalog
-from pipeline.pacing import HELD, NAMES, TokenLimits
-from pipeline.packing import packed_spec
-from pipeline.payloads import PromptSpec, image_byte_budget
+from pipeline.endpoint.asking import CallPlan, cost
+from pipeline.endpoint.auth import Credentials
+from pipeline.endpoint.client import ClientSettings
+from pipeline.endpoint.pacing import HELD, NAMES, TokenLimits
+from pipeline.endpoint.packing import packed_spec
+from pipeline.endpoint.payloads import PromptSpec, image_byte_budget
+from pipeline.images.limits import Catalog, ModelFamily, load_catalog
+from pipeline.images.prepare import largest_image_tokens
 from pipeline.percentiles import percentile
 
 DONE_STATUSES = ("ok", "invalid")

@@ -10,15 +10,16 @@ from typing import Any
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from pipeline import groups, sink
-from pipeline.images import Rejected
+from pipeline import sink
+from pipeline.files import groups
+from pipeline.files.source import Listing
+from pipeline.images.prepare import Rejected
 from pipeline.progress import STATUSES
 from pipeline.runs import plan, rows
 from pipeline.runs.callers import Ask
 from pipeline.runs.context import RunContext
 from pipeline.runs.prepare import Prepared, prepare
-from pipeline.source import Listing
-from pipeline.udfs import MEMBER_COLUMNS
+from pipeline.runs.udfs import MEMBER_COLUMNS
 
 
 class Grouped:

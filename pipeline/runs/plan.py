@@ -19,10 +19,10 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StringType
 
-from pipeline import groups
 from pipeline.config import RunConfig
+from pipeline.files import groups
+from pipeline.files.source import InputError, Listing
 from pipeline.runs.context import DONE_STATUSES, RunContext
-from pipeline.source import InputError, Listing
 
 # Range partitions of the stream; each holds about one batch, so the driver reads one at a
 # time. Capped so a plan of a hundred million files does not make a million tiny tasks.

@@ -15,12 +15,12 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from pipeline import source
-from pipeline.images import Rejected, check_length
+from pipeline.files import source
+from pipeline.images.prepare import Rejected, check_length
 from pipeline.runs.context import RunContext
 from pipeline.runs.plan import Batch
+from pipeline.runs.udfs import prepare_udf
 from pipeline.spark import parallelism
-from pipeline.udfs import prepare_udf
 
 
 @dataclass

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.images import Rejected
-from pipeline.pacing import HELD
+from pipeline.endpoint.pacing import HELD
+from pipeline.images.prepare import Rejected
 from pipeline.runs.context import RunContext
 from pipeline.runs.plan import Entry
 

@@ -12,12 +12,12 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from pipeline import sink
+from pipeline.files.source import Listing
 from pipeline.runs import plan, rows
 from pipeline.runs.callers import Ask
 from pipeline.runs.context import RunContext
 from pipeline.runs.prepare import Prepared, prepare
-from pipeline.source import Listing
-from pipeline.udfs import MEMBER_COLUMNS
+from pipeline.runs.udfs import MEMBER_COLUMNS
 
 # What a reused answer copies from the row that paid for it.
 STORED = ("status", "caption", "response_json", "prompt_tokens", "completion_tokens",

@@ -2,7 +2,7 @@
 
 The same template text a SQL notebook or SQL task runs; this module only binds its named
 parameters from the run's configuration and, off Databricks, registers the local stand-ins
-for `read_files` and `ai_query` (pipeline/sql_functions.py).
+for `read_files` and `ai_query` (pipeline/local/sql_functions.py).
 
 With `--group-by` the template is sql/caption_groups.sql: one answer per group into
 `<table>_groups` and no rows in the captions table, so the run's totals come from the groups
@@ -19,20 +19,21 @@ from typing import Any
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from pipeline import sink, sql_functions
+from pipeline import sink
 from pipeline.config import GROUP_BY_FOLDER
+from pipeline.endpoint.packing import request_room
 from pipeline.errors import RunError
-from pipeline.images import target_size
-from pipeline.packing import request_room
+from pipeline.files.source import InputError, Listing
+from pipeline.images.prepare import target_size
+from pipeline.local import sql_functions
 from pipeline.resources import sql_text
 from pipeline.runs.context import RunContext, RunResult
-from pipeline.source import InputError, Listing
 from pipeline.spark import on_databricks
 
 TEMPLATE = "caption_files.sql"
 GROUP_TEMPLATE = "caption_groups.sql"
 # `group_by: folder` as a regular expression: everything before the last '/' (the UDF path's
-# parent folder, pipeline/groups.py).
+# parent folder, pipeline/files/groups.py).
 FOLDER_PATTERN = "^(.*)/[^/]*$"
 
 

@@ -7,10 +7,16 @@ import time
 
 import pytest
 
-from pipeline.auth import static
-from pipeline.client import CallResult, CaptionClient, ClientSettings, EndpointError, preflight
-from pipeline.local_endpoint import Faults
-from pipeline.payloads import PromptSpec, caption_parser, chat_body, encode
+from pipeline.endpoint.auth import static
+from pipeline.endpoint.client import (
+    CallResult,
+    CaptionClient,
+    ClientSettings,
+    EndpointError,
+    preflight,
+)
+from pipeline.endpoint.payloads import PromptSpec, caption_parser, chat_body, encode
+from pipeline.local.server import Faults
 from tests import files
 
 SPEC = PromptSpec("Describe.", max_tokens=50)

@@ -16,9 +16,10 @@ import httpx
 import pytest
 from PIL import Image
 
-from pipeline import describer
-from pipeline.limits import load_catalog
-from pipeline.local_endpoint import (
+from pipeline.endpoint.payloads import PromptSpec, chat_body, data_url, encode
+from pipeline.images.limits import load_catalog
+from pipeline.local import describer
+from pipeline.local.server import (
     EndpointOptions,
     Faults,
     LocalEndpoint,
@@ -26,7 +27,6 @@ from pipeline.local_endpoint import (
     options_from_args,
     serve,
 )
-from pipeline.payloads import PromptSpec, chat_body, data_url, encode
 
 TOKEN = "local-test-token"  # not a secret: only these in-process servers accept it
 NAME = "local-test-endpoint"

@@ -10,10 +10,10 @@ import asyncio
 
 import pytest
 
-from pipeline.asking import cost
-from pipeline.client import CallResult, CaptionClient, ClientSettings
-from pipeline.pacing import Cost, TokenLimits
-from pipeline.payloads import PromptSpec, caption_parser, chat_body, encode
+from pipeline.endpoint.asking import cost
+from pipeline.endpoint.client import CallResult, CaptionClient, ClientSettings
+from pipeline.endpoint.pacing import Cost, TokenLimits
+from pipeline.endpoint.payloads import PromptSpec, caption_parser, chat_body, encode
 from tests import files
 
 MINUTE_S = 2.0

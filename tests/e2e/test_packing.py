@@ -7,11 +7,11 @@ import asyncio
 
 import httpx
 
-from pipeline import describer
-from pipeline.asking import CallPlan, ask
-from pipeline.client import CaptionClient, ClientSettings
-from pipeline.packing import packed_spec
-from pipeline.payloads import PromptSpec, chat_body, encode
+from pipeline.endpoint.asking import CallPlan, ask
+from pipeline.endpoint.client import CaptionClient, ClientSettings
+from pipeline.endpoint.packing import packed_spec
+from pipeline.endpoint.payloads import PromptSpec, chat_body, encode
+from pipeline.local import describer
 from tests import files
 
 SPEC = PromptSpec("Write alt text.", max_tokens=400)

@@ -17,8 +17,8 @@ import pytest
 
 from pipeline import cli, report
 from pipeline import runs as runner
-from pipeline.limits import load_catalog
-from pipeline.local_endpoint import Faults
+from pipeline.images.limits import load_catalog
+from pipeline.local.server import Faults
 from pipeline.report.thumbnails import THUMBNAIL_SIDE
 from tests import files
 

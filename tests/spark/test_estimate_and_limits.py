@@ -6,10 +6,10 @@ from collections import Counter
 from dataclasses import replace
 
 from pipeline import runs as runner
+from pipeline.endpoint.payloads import image_byte_budget
 from pipeline.estimate import estimate, render
-from pipeline.images import Prepared, prepare
-from pipeline.limits import load_catalog
-from pipeline.payloads import image_byte_budget
+from pipeline.images.limits import load_catalog
+from pipeline.images.prepare import Prepared, prepare
 from tests import files
 
 

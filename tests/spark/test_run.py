@@ -9,8 +9,9 @@ from chispa import assert_df_equality
 from pyspark.sql import functions as F
 
 from pipeline import runs as runner
-from pipeline import sink, source
-from pipeline.local_endpoint import Faults
+from pipeline import sink
+from pipeline.files import source
+from pipeline.local.server import Faults
 from tests import files
 
 
@@ -173,10 +174,10 @@ def test_a_worse_outcome_never_replaces_a_paid_answer(spark, serve, run_config, 
 def test_the_token_never_reaches_a_plan_a_table_or_a_log(
     spark, serve, run_config, tmp_path, capfd
 ) -> None:
-    from pipeline.asking import CallPlan
-    from pipeline.client import ClientSettings
+    from pipeline.endpoint.asking import CallPlan
+    from pipeline.endpoint.client import ClientSettings
+    from pipeline.runs.udfs import ANSWERED, ask_in_tasks
     from pipeline.spark import spark_log_path
-    from pipeline.udfs import ANSWERED, ask_in_tasks
 
     folder = tmp_path / "in"
     folder.mkdir()

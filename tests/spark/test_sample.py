@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 from pipeline import runs as runner
-from pipeline import source
 from pipeline.estimate import estimate
+from pipeline.files import source
 from pipeline.runs import plan
 from pipeline.runs.context import context
 from tests import files

@@ -11,7 +11,7 @@ from chispa import assert_df_equality
 
 from pipeline import notebook
 from pipeline import runs as runner
-from pipeline.local_endpoint import Faults
+from pipeline.local.server import Faults
 from pipeline.resources import sql_dir, sql_text
 from tests import files
 
@@ -142,7 +142,7 @@ def test_on_compute_without_ai_query_the_sql_path_stops_in_one_line(
 ) -> None:
     # A classic Databricks cluster: read_files is there, ai_query is not (it runs only on
     # serverless and SQL warehouses). Only the stand-in for read_files is registered.
-    from pipeline import sql_functions
+    from pipeline.local import sql_functions
     from pipeline.runs import sql as sql_path
 
     def classic_cluster(session, credentials, config) -> None:

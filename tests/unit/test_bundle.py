@@ -17,9 +17,9 @@ import pytest
 import yaml
 
 from pipeline import cli, config, notebook
-from pipeline.images import target_size
-from pipeline.limits import load_catalog
-from pipeline.payloads import image_byte_budget
+from pipeline.endpoint.payloads import image_byte_budget
+from pipeline.images.limits import load_catalog
+from pipeline.images.prepare import target_size
 
 REPO = Path(__file__).resolve().parents[2]
 VAR_REF = re.compile(r"\$\{var\.([A-Za-z0-9_]+)\}")

@@ -10,17 +10,17 @@ from email.utils import format_datetime
 
 import pytest
 
-from pipeline.asking import CallPlan
-from pipeline.auth import Secret, static
-from pipeline.client import (
+from pipeline.endpoint.asking import CallPlan
+from pipeline.endpoint.auth import Secret, static
+from pipeline.endpoint.client import (
     AdaptiveLimit,
     ClientSettings,
     backoff_seconds,
     classify_status,
     retry_after_seconds,
 )
-from pipeline.pacing import Pacer, TokenLimits
-from pipeline.payloads import PromptSpec
+from pipeline.endpoint.pacing import Pacer, TokenLimits
+from pipeline.endpoint.payloads import PromptSpec
 
 
 def test_retry_after_in_seconds_and_as_an_http_date() -> None:
@@ -117,7 +117,7 @@ def test_secret_never_prints() -> None:
 
 
 def test_rate_gate_spaces_request_starts_to_the_rpm_cap() -> None:
-    from pipeline.client import RateGate
+    from pipeline.endpoint.client import RateGate
 
     async def scenario() -> list[float]:
         gate = RateGate(rpm=600)  # one start every 0.1 s
@@ -134,7 +134,7 @@ def test_rate_gate_spaces_request_starts_to_the_rpm_cap() -> None:
 
 
 async def _no_gate() -> float:
-    from pipeline.client import RateGate
+    from pipeline.endpoint.client import RateGate
 
     gate, started = RateGate(None), time.monotonic()
     for _ in range(100):

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 
-from pipeline.limits import Price, load_catalog
+from pipeline.images.limits import Price, load_catalog
 from pipeline.report.compare import Pair, agreement, disagreement, prompt_texts, render_compare
 from tests import files
 

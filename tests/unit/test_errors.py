@@ -6,14 +6,14 @@ from __future__ import annotations
 import pytest
 
 from pipeline import cli
-from pipeline.auth import AuthError
-from pipeline.client import EndpointError
 from pipeline.config import ConfigError
+from pipeline.endpoint.auth import AuthError
+from pipeline.endpoint.client import EndpointError
 from pipeline.errors import RunError, UsageError, VisionBatchError
-from pipeline.limits import LimitsError
+from pipeline.files.source import InputError
+from pipeline.images.limits import LimitsError
 from pipeline.runs.sql import SqlPathError
 from pipeline.sink import TableError
-from pipeline.source import InputError
 from pipeline.spark import SessionError
 
 RUN_ERRORS = (AuthError, EndpointError, InputError, LimitsError, SessionError, SqlPathError,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.groups import NO_VALID_IMAGE, group_key, group_row, member_results
+from pipeline.files.groups import NO_VALID_IMAGE, group_key, group_row, member_results
 
 
 def part(number: int, paths: list[str], tokens: list[int], **overrides) -> dict:

@@ -8,8 +8,8 @@ from dataclasses import replace
 import pytest
 from PIL import Image, ImageStat
 
-from pipeline.images import Prepared, Rejected, check_length, prepare, sniff_unsupported
-from pipeline.limits import load_catalog
+from pipeline.images.limits import load_catalog
+from pipeline.images.prepare import Prepared, Rejected, check_length, prepare, sniff_unsupported
 from tests import files
 
 CATALOG = load_catalog()

@@ -9,7 +9,7 @@ from concurrent.futures import Future
 
 import pytest
 
-from pipeline.client import AdaptiveLimit
+from pipeline.endpoint.client import AdaptiveLimit
 from pipeline.interrupts import Interrupted, Stop
 from pipeline.runs.callers import gathered
 

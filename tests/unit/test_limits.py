@@ -7,7 +7,7 @@ import copy
 import pytest
 import yaml
 
-from pipeline.limits import LimitsError, load_catalog, parse_catalog
+from pipeline.images.limits import LimitsError, load_catalog, parse_catalog
 from pipeline.resources import conf_dir
 
 CATALOG = load_catalog()

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from pipeline import localfs
+from pipeline.files import localfs
 
 
 @pytest.mark.parametrize(("spark_path", "expected"), [

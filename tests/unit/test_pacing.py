@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from pipeline.asking import cost
-from pipeline.pacing import Cost, Pacer, TokenLimits, Window, held_back, oversized
-from pipeline.payloads import PromptSpec
+from pipeline.endpoint.asking import cost
+from pipeline.endpoint.pacing import Cost, Pacer, TokenLimits, Window, held_back, oversized
+from pipeline.endpoint.payloads import PromptSpec
 
 
 def test_a_window_admits_up_to_its_limit_and_frees_room_as_answers_age() -> None:

@@ -6,8 +6,7 @@ import json
 
 import pytest
 
-from pipeline import describer
-from pipeline.packing import (
+from pipeline.endpoint.packing import (
     PACKED_FIELD,
     apportion,
     apportion_usage,
@@ -16,7 +15,15 @@ from pipeline.packing import (
     request_room,
     split,
 )
-from pipeline.payloads import BadResponse, PromptSpec, Usage, base64_length, chat_body, encode
+from pipeline.endpoint.payloads import (
+    BadResponse,
+    PromptSpec,
+    Usage,
+    base64_length,
+    chat_body,
+    encode,
+)
+from pipeline.local import describer
 from tests import files
 
 SPEC = PromptSpec("Write alt text.", max_tokens=100)

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from pipeline.payloads import (
+from pipeline.endpoint.payloads import (
     BadResponse,
     PromptSpec,
     base64_length,

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from pipeline import report
-from pipeline.limits import LimitsError, load_catalog, parse_catalog
+from pipeline.images.limits import LimitsError, load_catalog, parse_catalog
 from pipeline.percentiles import percentile
 from pipeline.report.charts import bin_counts, bins, time_buckets
 from pipeline.report.page import PAGE_BUDGET_BYTES

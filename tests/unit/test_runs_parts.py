@@ -11,10 +11,10 @@ from concurrent.futures import Future
 import pytest
 
 from pipeline import cli
-from pipeline.asking import CallPlan, Member
-from pipeline.auth import static
-from pipeline.client import ClientSettings
-from pipeline.payloads import PromptSpec
+from pipeline.endpoint.asking import CallPlan, Member
+from pipeline.endpoint.auth import static
+from pipeline.endpoint.client import ClientSettings
+from pipeline.endpoint.payloads import PromptSpec
 from pipeline.runs.callers import gathered
 from pipeline.runs.loop import Ahead
 from pipeline.runs.plan import Entry, cut

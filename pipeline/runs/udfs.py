@@ -1,7 +1,7 @@
 """The Spark adapters: the schemas rows travel in, the prepare UDF, and the function that
 asks the endpoint from inside Spark tasks (the executor caller).
 
-The asking itself is pipeline/asking.py; here it only meets pandas and Spark's types.
+The asking itself is pipeline/endpoint/asking.py; here it only meets pandas and Spark's types.
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ from pyspark.sql.types import (
     StructType,
 )
 
-from pipeline import asking
-from pipeline.asking import CallPlan, LoopThread, Member
-from pipeline.client import CaptionClient
-from pipeline.images import Prepared, Rejected, prepare
-from pipeline.limits import InputBounds, ModelFamily
+from pipeline.endpoint import asking
+from pipeline.endpoint.asking import CallPlan, LoopThread, Member
+from pipeline.endpoint.client import CaptionClient
+from pipeline.images.limits import InputBounds, ModelFamily
+from pipeline.images.prepare import Prepared, Rejected, prepare
 
 PREPARED = StructType(
     [

@@ -32,10 +32,10 @@ from PIL import Image, UnidentifiedImageError
 from pyspark.sql import SparkSession
 from pyspark.sql.functions import pandas_udf, udtf
 
-from pipeline.auth import Credentials
-from pipeline.client import CallResult, CaptionClient, ClientSettings
 from pipeline.config import RunConfig
-from pipeline.payloads import PromptSpec, caption_parser, chat_body, encode
+from pipeline.endpoint.auth import Credentials
+from pipeline.endpoint.client import CallResult, CaptionClient, ClientSettings
+from pipeline.endpoint.payloads import PromptSpec, caption_parser, chat_body, encode
 
 AI_QUERY_RESULT = "struct<result:string,errorMessage:string>"
 READ_FILES_SCHEMA = "path: string, modificationTime: timestamp, length: bigint, content: binary"

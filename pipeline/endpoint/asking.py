@@ -17,10 +17,23 @@ from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
-from pipeline.client import CallResult, CaptionClient, ClientSettings
-from pipeline.pacing import HELD, NAMES, Cost
-from pipeline.packing import apportion_usage, packed_spec, parse_packed, request_room, split
-from pipeline.payloads import PromptSpec, Usage, caption_parser, chat_body, encode, text_tokens
+from pipeline.endpoint.client import CallResult, CaptionClient, ClientSettings
+from pipeline.endpoint.pacing import HELD, NAMES, Cost
+from pipeline.endpoint.packing import (
+    apportion_usage,
+    packed_spec,
+    parse_packed,
+    request_room,
+    split,
+)
+from pipeline.endpoint.payloads import (
+    PromptSpec,
+    Usage,
+    caption_parser,
+    chat_body,
+    encode,
+    text_tokens,
+)
 
 # The answer fields of one image (the captions table's, plus `throttled`, `request_share` and
 # HELD for the run's totals).

@@ -14,9 +14,9 @@ from functools import lru_cache
 from typing import Any
 
 from pipeline.config import GROUP_BY_FOLDER
-from pipeline.pacing import HELD
-from pipeline.packing import apportion_usage
-from pipeline.payloads import Usage
+from pipeline.endpoint.pacing import HELD
+from pipeline.endpoint.packing import apportion_usage
+from pipeline.endpoint.payloads import Usage
 
 NO_GROUP = "no_group"
 NO_VALID_IMAGE = "no_valid_image"

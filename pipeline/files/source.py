@@ -27,10 +27,10 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from pipeline import localfs
 from pipeline.errors import RunError
+from pipeline.files import localfs
+from pipeline.runs.udfs import in_worker
 from pipeline.spark import analyze
-from pipeline.udfs import in_worker
 
 METADATA = ("path", "length", "modificationTime")
 _FOUND = "path STRING, mtime_ms BIGINT"  # an empty file, with its time as Hadoop gives it

@@ -4,8 +4,8 @@ One `CaptionClient` lives in each Spark task. It keeps one pooled httpx.AsyncCli
 at most the task's share of the run's concurrency budget, halves that share when the
 endpoint answers 429 and grows it back one request per window of successes (AIMD), and
 retries what can still succeed with full-jitter exponential backoff or the server's
-Retry-After. Under pay-per-token limits it first waits for room in them (pipeline/pacing.py),
-so those 429s are avoided rather than met.
+Retry-After. Under pay-per-token limits it first waits for room in them
+(pipeline/endpoint/pacing.py), so those 429s are avoided rather than met.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from typing import Any
 
 import httpx
 
-from pipeline.auth import Credentials
+from pipeline.endpoint.auth import Credentials
+from pipeline.endpoint.pacing import Cost, Pacer, Ticket, TokenLimits, oversized
+from pipeline.endpoint.payloads import BadResponse, error_message
 from pipeline.errors import RunError
-from pipeline.pacing import Cost, Pacer, Ticket, TokenLimits, oversized
-from pipeline.payloads import BadResponse, error_message
 
 # Longest wait we accept from a Retry-After header; a server asking for more is treated as
 # "later", and the row fails as rate_limited after its attempts rather than stalling a task.

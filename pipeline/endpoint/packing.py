@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, replace
 from typing import Any
 
-from pipeline.payloads import (
+from pipeline.endpoint.payloads import (
     Answer,
     BadResponse,
     PromptSpec,

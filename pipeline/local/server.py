@@ -1,5 +1,5 @@
 """A real HTTP server speaking the Databricks model-serving protocol, answered by the local
-reference model (pipeline.describer).
+reference model (pipeline.local.describer).
 
 The pipeline, its tests and `vision-batch serve-local` run against it with no workspace. It
 enforces a model family's limits exactly (a valid run must never see a 400), refuses requests
@@ -35,10 +35,10 @@ from urllib.parse import unquote, urlsplit
 
 from PIL import Image, UnidentifiedImageError
 
-from pipeline import describer
-from pipeline.limits import ModelFamily, load_catalog
-from pipeline.pacing import NAMES, UNITS, window_s
-from pipeline.payloads import text_tokens
+from pipeline.endpoint.pacing import NAMES, UNITS, window_s
+from pipeline.endpoint.payloads import text_tokens
+from pipeline.images.limits import ModelFamily, load_catalog
+from pipeline.local import describer
 
 FAULT_KINDS = ("429", "500", "502", "503", "504", "hang", "html", "drop")
 # ordered: as measured; reversed: entries in reverse order (indexes still right);

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from pipeline.limits import InputBounds, ModelFamily
+from pipeline.images.limits import InputBounds, ModelFamily
 
 # What we agree to decode. Restricting Pillow's plugins keeps exotic decoders (EPS needs
 # Ghostscript, PSD, ICNS...) out of the worker; everything decodable is converted to a
