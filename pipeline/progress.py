@@ -9,9 +9,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 
 from pipeline.endpoint.pacing import held_back
+from pipeline.outcomes import Status
 from pipeline.spark import on_databricks
-
-STATUSES = ("ok", "invalid", "failed")
 
 
 @dataclass(frozen=True)
@@ -41,7 +40,7 @@ class Update:
             return (f"{self.listed} files listed, {self.skipped} already done, {self.pending} "
                     f"to process in {about}{self.batches} batch(es){self.detail} "
                     f"({self.elapsed_s:.1f} s)")
-        counts = ", ".join(f"{self.statuses.get(s, 0)} {s}" for s in STATUSES)
+        counts = ", ".join(f"{self.statuses.get(s, 0)} {s}" for s in Status)
         errors = ", ".join(f"{k} {v}" for k, v in sorted(self.errors.items()))
         held = held_back(dict(self.waited))
         return (f"batch {self.batch}/{'~' if self.approximate else ''}{self.batches}: "
@@ -64,7 +63,7 @@ def update(event: str, result, pending: int, batches: int, batch: int = 0, detai
     return Update(
         event=event, run_id=result.run_id, listed=result.listed, skipped=result.skipped,
         pending=pending, batches=batches, batch=batch, files_done=files_done,
-        statuses={s: result.statuses[s] for s in STATUSES},
+        statuses={s: result.statuses[s] for s in Status},
         errors=dict(result.error_classes), images_per_s=round(result.images_per_s, 2),
         elapsed_s=round(result.seconds, 2), detail=detail, approximate=approximate,
         waited={name: round(s, 2) for name, s in result.waited.items()},

@@ -34,6 +34,7 @@ from pipeline.endpoint.payloads import (
     encode,
     text_tokens,
 )
+from pipeline.outcomes import ErrorClass, Status
 
 # The answer fields of one image (the captions table's, plus `throttled`, `request_share` and
 # HELD for the run's totals).
@@ -46,7 +47,7 @@ GROUP_PART = ("group_key", "part", "paths", "tokens", *CAPTIONED)
 # A packed request that fails these ways is asked again one image at a time: the images may
 # well be fine alone (an answer that does not map, a request the endpoint refused). Other
 # failures (throttling, timeouts, server errors after every retry) would only repeat.
-FALL_BACK = {"bad_response", "rejected"}
+FALL_BACK = {ErrorClass.BAD_RESPONSE, ErrorClass.REJECTED}
 
 
 class Member(NamedTuple):
@@ -144,7 +145,7 @@ def cost(spec: PromptSpec, image_tokens: int) -> Cost:
 def failed_row(result: CallResult, images: int = 1) -> dict:
     """A CAPTIONED row for a request that got no usable answer; `images` shared it."""
     return {**held(result, images),
-        "status": "failed", "caption": None, "response_json": None,
+        "status": Status.FAILED, "caption": None, "response_json": None,
         "prompt_tokens": None, "completion_tokens": None, "total_tokens": None,
         "usage_source": None, "attempts": result.attempts, "latency_ms": result.latency_ms,
         "error_class": result.error_class, "error_message": result.error_message,
@@ -163,7 +164,7 @@ def caption_row(result: CallResult, spec: PromptSpec, image_tokens: int) -> dict
         usage, source = type(usage)(prompt, completion, prompt + completion), "estimated"
     return {
         **held(result),
-        "status": "ok", "caption": answer.caption, "response_json": answer.response_json,
+        "status": Status.OK, "caption": answer.caption, "response_json": answer.response_json,
         "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.total_tokens
         if usage.total_tokens is not None

@@ -25,12 +25,14 @@ from pipeline.endpoint.auth import Credentials
 from pipeline.endpoint.pacing import Cost, Pacer, Ticket, TokenLimits, oversized
 from pipeline.endpoint.payloads import BadResponse, error_message
 from pipeline.errors import RunError
+from pipeline.outcomes import ErrorClass
 
 # Longest wait we accept from a Retry-After header; a server asking for more is treated as
 # "later", and the row fails as rate_limited after its attempts rather than stalling a task.
 MAX_RETRY_AFTER_S = 300.0
 
-RETRIABLE = {"rate_limited", "timeout", "server_error", "connection_error", "bad_response"}
+RETRIABLE = {ErrorClass.RATE_LIMITED, ErrorClass.TIMEOUT, ErrorClass.SERVER_ERROR,
+             ErrorClass.CONNECTION_ERROR, ErrorClass.BAD_RESPONSE}
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,7 @@ Parser = Callable[[bytes], Any]
 @dataclass
 class CallResult:
     answer: Any  # what the parser made of the body; None when the call failed
-    error_class: str | None
+    error_class: ErrorClass | None
     error_message: str | None
     attempts: int
     latency_ms: int | None
@@ -67,7 +69,7 @@ class CallResult:
 
 @dataclass
 class _Attempt:
-    error_class: str | None
+    error_class: ErrorClass | None
     message: str | None
     answer: Any = None
     retry_after_s: float | None = None
@@ -154,16 +156,16 @@ def retry_after_seconds(value: str | None, now: datetime | None = None) -> float
     return max(0.0, (when - (now or datetime.now(timezone.utc))).total_seconds())
 
 
-def classify_status(status: int) -> str:
+def classify_status(status: int) -> ErrorClass:
     if status == 429:
-        return "rate_limited"
+        return ErrorClass.RATE_LIMITED
     if status == 408:
-        return "timeout"
+        return ErrorClass.TIMEOUT
     if status in (401, 403):
-        return "auth"
+        return ErrorClass.AUTH
     if status >= 500:
-        return "server_error"
-    return "rejected"
+        return ErrorClass.SERVER_ERROR
+    return ErrorClass.REJECTED
 
 
 def backoff_seconds(attempt: int, base: float, cap: float, rng: random.Random) -> float:
@@ -200,8 +202,8 @@ class CaptionClient:
         s = self.settings
         paced = self.pacer is not None and cost is not None
         if paced and (why := oversized(s.limits, cost)):
-            return CallResult(None, "rejected", why, 0, None)
-        attempt = _Attempt("connection_error", "No attempt was made.")
+            return CallResult(None, ErrorClass.REJECTED, why, 0, None)
+        attempt = _Attempt(ErrorClass.CONNECTION_ERROR, "No attempt was made.")
         throttled = 0
         latency_ms = None
         held = dict.fromkeys(self.pacer.windows, 0.0) if paced else {}
@@ -223,13 +225,13 @@ class CaptionClient:
                 attempt = await self._attempt(body, parse)
             finally:
                 latency_ms = int((time.perf_counter() - started) * 1000)
-                await self.limit.release(epoch, attempt.error_class == "rate_limited")
+                await self.limit.release(epoch, attempt.error_class == ErrorClass.RATE_LIMITED)
                 if ticket is not None:
                     self.pacer.settle(ticket, spent(attempt, cost))
             if attempt.answer is not None:
                 return CallResult(attempt.answer, None, None, number, latency_ms, throttled,
                                   held)
-            throttled += attempt.error_class == "rate_limited"
+            throttled += attempt.error_class == ErrorClass.RATE_LIMITED
             if attempt.error_class not in RETRIABLE or number == s.max_attempts:
                 return CallResult(None, attempt.error_class, attempt.message, number,
                                   latency_ms, throttled, held)
@@ -245,15 +247,16 @@ class CaptionClient:
             response = await self._http.post(self.settings.url, content=body)
         except httpx.TimeoutException:
             return _Attempt(
-                "timeout", f"No answer within {self.settings.timeout_s:g} s."
+                ErrorClass.TIMEOUT, f"No answer within {self.settings.timeout_s:g} s."
             )
         except httpx.TransportError as exc:
-            return _Attempt("connection_error", f"The connection failed ({type(exc).__name__}).")
+            return _Attempt(ErrorClass.CONNECTION_ERROR,
+                            f"The connection failed ({type(exc).__name__}).")
         if response.status_code == 200:
             try:
                 return _Attempt(None, None, parse(response.content))
             except BadResponse as exc:
-                return _Attempt("bad_response", str(exc))
+                return _Attempt(ErrorClass.BAD_RESPONSE, str(exc))
         error_class = classify_status(response.status_code)
         detail = error_message(response.content) or response.reason_phrase or "no detail"
         return _Attempt(
@@ -269,14 +272,15 @@ def spent(attempt: _Attempt, cost: Cost) -> Cost | None:
     """What an attempt took from the endpoint's limits, as far as we can know: the usage of
     an answer, nothing for a 429 (refused before any work), and for other failures the input
     (it may have been read) and, when an answer was or may still be generated, the output."""
-    if attempt.error_class == "rate_limited":
+    if attempt.error_class == ErrorClass.RATE_LIMITED:
         return None
     usage = getattr(attempt.answer, "usage", None)
     if usage is not None:
         return Cost(cost.input_tokens if usage.prompt_tokens is None else usage.prompt_tokens,
                     cost.output_tokens if usage.completion_tokens is None
                     else usage.completion_tokens)
-    generated = attempt.error_class in ("timeout", "connection_error", "bad_response")
+    generated = attempt.error_class in (ErrorClass.TIMEOUT, ErrorClass.CONNECTION_ERROR,
+                                        ErrorClass.BAD_RESPONSE)
     return Cost(cost.input_tokens, cost.output_tokens if generated else 0)
 
 

@@ -17,9 +17,9 @@ from pipeline.config import GROUP_BY_FOLDER
 from pipeline.endpoint.pacing import HELD
 from pipeline.endpoint.packing import apportion_usage
 from pipeline.endpoint.payloads import Usage
+from pipeline.outcomes import ErrorClass, Status
 
 NO_GROUP = "no_group"
-NO_VALID_IMAGE = "no_valid_image"
 USAGE = ("prompt_tokens", "completion_tokens", "total_tokens")
 
 
@@ -62,7 +62,7 @@ def member_results(part: dict[str, Any]) -> list[dict[str, Any]]:
             "caption": None,
             "response_json": None,
             **{k: getattr(share, k) for k in USAGE},
-            "usage_source": source if part["status"] == "ok" else None,
+            "usage_source": source if part["status"] == Status.OK else None,
             "attempts": part["attempts"],
             "latency_ms": part["latency_ms"],
             "error_class": part["error_class"],
@@ -95,7 +95,8 @@ def group_row(
         "latency_ms": max((p["latency_ms"] or 0 for p in parts), default=None),
     }
     if not parts:
-        return {**row, "status": "invalid", "error_class": NO_VALID_IMAGE, "latency_ms": None,
+        return {**row, "status": Status.INVALID, "error_class": ErrorClass.NO_VALID_IMAGE,
+                "latency_ms": None,
                 "error_message": "No member of the group is an image that can be sent, so no "
                                  "request was made."}
     for k in USAGE:
@@ -103,12 +104,12 @@ def group_row(
         row[k] = sum(values) if values else None
     sources = {p["usage_source"] for p in parts if p["usage_source"]}
     row["usage_source"] = "estimated" if "estimated" in sources else (sources or {None}).pop()
-    failed = next((p for p in parts if p["status"] != "ok"), None)
+    failed = next((p for p in parts if p["status"] != Status.OK), None)
     answers = [p["caption"] for p in parts]
     row["part_answers"] = answers
     if failed is not None:
         note = f" (part {failed['part']} of {len(parts)})" if len(parts) > 1 else ""
-        return {**row, "status": "failed", "error_class": failed["error_class"],
+        return {**row, "status": Status.FAILED, "error_class": failed["error_class"],
                 "error_message": f"{failed['error_message']}{note}"}
     if len(parts) == 1:
         row.update(answer=answers[0], response_json=parts[0]["response_json"])
@@ -117,4 +118,4 @@ def group_row(
             f"Part {p['part']} of {len(parts)} ({len(p['paths'])} images): {p['caption']}"
             for p in parts
         )
-    return {**row, "status": "ok", "error_class": None, "error_message": None}
+    return {**row, "status": Status.OK, "error_class": None, "error_message": None}

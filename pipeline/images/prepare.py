@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipeline.images.limits import InputBounds, ModelFamily
+from pipeline.outcomes import ErrorClass
 
 # What we agree to decode. Restricting Pillow's plugins keeps exotic decoders (EPS needs
 # Ghostscript, PSD, ICNS...) out of the worker; everything decodable is converted to a
@@ -73,7 +74,7 @@ class Prepared:
 class Rejected:
     """A file that will not be sent: an invalid error class and one human sentence."""
 
-    error_class: str
+    error_class: ErrorClass
     message: str
     format: str | None = None
     width: int | None = None
@@ -83,10 +84,10 @@ class Rejected:
 def check_length(length: int, bounds: InputBounds) -> Rejected | None:
     """The checks that need only the listed length, so bytes are never read for them."""
     if length == 0:
-        return Rejected("empty_file", "The file is empty.")
+        return Rejected(ErrorClass.EMPTY_FILE, "The file is empty.")
     if length > bounds.max_file_bytes:
         return Rejected(
-            "too_large",
+            ErrorClass.TOO_LARGE,
             f"The file is {_mb(length)}, over the {_mb(bounds.max_file_bytes)} read limit.",
         )
     return None
@@ -135,11 +136,12 @@ def prepare(
     except UnidentifiedImageError:
         name = sniff_unsupported(content[:1024])
         if name:
-            return Rejected("unsupported_format", f"{name} images are not supported.", name)
-        return Rejected("not_an_image", "The bytes are not an image in any known format.")
+            return Rejected(ErrorClass.UNSUPPORTED_FORMAT, f"{name} images are not supported.",
+                            name)
+        return Rejected(ErrorClass.NOT_AN_IMAGE, "The bytes are not an image in any known format.")
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         # A header Pillow recognises but cannot parse: an image, damaged.
-        return Rejected("corrupt_image", f"The image header is damaged ({exc}).")
+        return Rejected(ErrorClass.CORRUPT_IMAGE, f"The image header is damaged ({exc}).")
 
 
 def _prepare_open(
@@ -149,7 +151,7 @@ def _prepare_open(
     stored_w, stored_h = img.size
     if stored_w * stored_h > bounds.max_pixels:
         return Rejected(
-            "decompression_bomb",
+            ErrorClass.DECOMPRESSION_BOMB,
             f"The image claims {stored_w}x{stored_h} pixels, over the "
             f"{bounds.max_pixels:,} pixel limit.",
             fmt,
@@ -166,7 +168,8 @@ def _prepare_open(
     try:
         img.load()
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        return Rejected("corrupt_image", f"The {fmt} data is truncated or corrupt ({exc}).", fmt)
+        return Rejected(ErrorClass.CORRUPT_IMAGE,
+                        f"The {fmt} data is truncated or corrupt ({exc}).", fmt)
     unchanged = (
         fmt in family.formats
         and orientation in (0, 1)
@@ -180,7 +183,7 @@ def _prepare_open(
     try:
         flat = _to_rgb_or_l(ImageOps.exif_transpose(img) if orientation > 1 else img)
     except (OSError, ValueError) as exc:
-        return Rejected("corrupt_image", f"The {fmt} data cannot be decoded ({exc}).", fmt)
+        return Rejected(ErrorClass.CORRUPT_IMAGE, f"The {fmt} data cannot be decoded ({exc}).", fmt)
     return _encode_to_fit(flat, fmt, width, height, (goal_w, goal_h), family, max_bytes)
 
 
@@ -232,7 +235,7 @@ def _encode_to_fit(
                 return Prepared(fmt, width, height, buf.getvalue(), _MIME[out_format], *size)
         size = (max(1, int(size[0] * _SHRINK_STEP)), max(1, int(size[1] * _SHRINK_STEP)))
     return Rejected(
-        "too_large",
+        ErrorClass.TOO_LARGE,
         f"Even downscaled to {size[0]}x{size[1]} the image does not fit in {_mb(max_bytes)}.",
         fmt,
         width,

@@ -12,11 +12,12 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple
 
+from pipeline.outcomes import Status
 from pipeline.percentiles import percentile
 from pipeline.report.sampling import PROBLEMS
 from pipeline.report.totals import Totals
 
-COLORS = {"ok": "#1a7f37", "invalid": "#b86e00", "failed": "#cf222e"}
+COLORS = {Status.OK: "#1a7f37", Status.INVALID: "#b86e00", Status.FAILED: "#cf222e"}
 NEUTRAL = "#0969da"
 
 
@@ -286,13 +287,13 @@ def errors_chart(errors: Mapping[tuple[str, str], int]) -> str:
 def charts(totals: Totals) -> list[str]:
     latency = histogram_chart(
         "Latency distribution",
-        {s: totals.latencies[s] for s in ("ok", "failed")},
+        {s: totals.latencies[s] for s in (Status.OK, Status.FAILED)},
         "ms", "latency of the successful (or last) attempt, ms",
         COLORS, "Rows that made requests (attempts > 0), by outcome.")
     if totals.tokens:
-        tokens = histogram_chart("Tokens per image", {"ok": totals.tokens}, "tokens",
+        tokens = histogram_chart("Tokens per image", {Status.OK: totals.tokens}, "tokens",
                                  "total tokens per request (prompt + completion)",
-                                 {"ok": NEUTRAL}, "Ok rows that made requests.")
+                                 {Status.OK: NEUTRAL}, "Ok rows that made requests.")
     else:
         tokens = histogram_chart("Tokens per image", {"estimated": totals.image_tokens},
                                  "tokens", "estimated image tokens (the family's formula)",

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.images.limits import Catalog
+from pipeline.outcomes import Status
 from pipeline.percentiles import percentile
 from pipeline.report.charts import esc
 from pipeline.report.page import CSS as REPORT_CSS
@@ -96,7 +97,7 @@ class Summary:
             return  # never sent, or reused an answer: it paid nothing
         if row.get("latency_ms") is not None:
             self.latencies.append(int(row["latency_ms"]))
-        if row["status"] == "ok" and row.get("prompt_tokens") is not None:
+        if row["status"] == Status.OK and row.get("prompt_tokens") is not None:
             self.input_tokens.append(int(row["prompt_tokens"]))
             self.output_tokens.append(int(row.get("completion_tokens") or 0))
 
@@ -145,7 +146,7 @@ def prompt_texts(runs: Iterable[Mapping[str, Any]]) -> dict[str, str]:
 def _cell(row: Mapping[str, Any] | None) -> str:
     if row is None:
         return '<td class="note">no row</td>'
-    if row["status"] != "ok":
+    if row["status"] != Status.OK:
         return (f'<td><p class="reason"><span class="class">{esc(row["status"])}: '
                 f'{esc(row.get("error_class") or "")}</span></p></td>')
     return f'<td><p class="caption">{esc(row.get("caption") or "")}</p></td>'
@@ -188,8 +189,8 @@ def summary_table(pairs: list[Pair], sums: Mapping[Pair, Summary], prompts: Mapp
         body.append(
             f'<tr data-pair="{esc(pair.label)}"><td>{esc(pair.endpoint)}</td>'
             f'<td><code>{esc(pair.prompt_id)}</code><br>{esc(prompt)}</td>'
-            f'<td>{s.files:,}</td><td>{s.statuses["ok"]:,}</td>'
-            f'<td>{s.statuses["invalid"]:,}</td><td>{s.statuses["failed"]:,}</td>'
+            f'<td>{s.files:,}</td><td>{s.statuses[Status.OK]:,}</td>'
+            f'<td>{s.statuses[Status.INVALID]:,}</td><td>{s.statuses[Status.FAILED]:,}</td>'
             f'<td class="in">{num(mean_in)}</td><td class="out">{num(mean_out)}</td>'
             f'<td>{num(percentile(s.latencies, 0.5), " ms")}</td>'
             f'<td>{num(percentile(s.latencies, 0.95), " ms")}</td><td>{cost}</td></tr>')
@@ -217,7 +218,7 @@ def render_compare(rows: Iterable[Mapping[str, Any]], pairs: list[Pair],
     lines, structured = [], []
     for path in paths:
         answers = by_image[path]
-        ok = [answers[p] for p in pairs if p in answers and answers[p]["status"] == "ok"]
+        ok = [answers[p] for p in pairs if p in answers and answers[p]["status"] == Status.OK]
         captions = [r.get("caption") or "" for r in ok]
         parsed = [_parsed(r.get("response_json")) for r in ok]
         if len(ok) == len(pairs) and all(isinstance(a, dict) for a in parsed):

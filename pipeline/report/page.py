@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from pipeline.images.limits import Catalog, load_catalog
+from pipeline.outcomes import Status
 from pipeline.percentiles import percentile
 from pipeline.report.charts import charts, esc
 from pipeline.report.sampling import (
@@ -30,7 +31,6 @@ from pipeline.report.sampling import (
 from pipeline.report.thumbnails import NOT_READ, Preview, _as_preview, image_size
 from pipeline.report.totals import FamilyCost, Totals, costs, utc
 
-STATUSES = ("ok", "invalid", "failed")
 # The issue's bound is 20 MB; thumbnails stop being embedded before the page passes this.
 PAGE_BUDGET_BYTES = 19_000_000
 MAX_CAPTION_CHARS = 2000  # one pathological answer must not dominate the page
@@ -196,7 +196,7 @@ def figures(totals: Totals, run: Mapping[str, Any] | None, family_costs: list[Fa
     n = totals.rows
     boxes = [_figure_box("files", f"{n:,}", esc(
         f"{len(totals.targets)} endpoint/prompt pair(s)" if n else "no rows"))]
-    for status in STATUSES:
+    for status in Status:
         count = totals.statuses.get(status, 0)
         boxes.append(_figure_box(status, f'<span class="v-{status}">{count:,}</span>',
                                  esc(f"{_pct(count, n)} of the rows")))
@@ -206,7 +206,7 @@ def figures(totals: Totals, run: Mapping[str, Any] | None, family_costs: list[Fa
         esc(f"prompt {paid.prompt_tokens:,} · completion {paid.completion_tokens:,}; "
             f"{paid.rows:,} rows with requests ({round(paid.requests):,} requests), "
             f"{totals.reused:,} reused answers not paid")))
-    latencies = totals.latencies["ok"] + totals.latencies["failed"]
+    latencies = totals.latencies[Status.OK] + totals.latencies[Status.FAILED]
     p50, p95 = percentile(latencies, 0.5), percentile(latencies, 0.95)
     boxes.append(_figure_box(
         "latency p50 / p95", esc(f"{p50:,} / {p95:,} ms") if p50 is not None else "–",
@@ -300,7 +300,7 @@ def card(row: Mapping[str, Any], thumb: str, many_targets: bool) -> str:
     """One gallery card; `thumb` is the thumbnail's (or placeholder's) markup."""
     status = str(row.get("status"))
     path = str(row.get("path") or "")
-    if status == "ok":
+    if status == Status.OK:
         text = f'<p class="caption">{_clip(str(row.get("caption") or ""), MAX_CAPTION_CHARS)}</p>'
     else:
         text = (f'<p class="reason"><span class="class">{esc(row.get("error_class"))}</span>: '
@@ -382,7 +382,7 @@ def gallery(rows: list[Mapping[str, Any]], previews: Mapping[str, Any], totals: 
     shown = Counter(str(r.get("status")) for r in rows)
     buttons = [f'<button type="button" data-filter="all" aria-pressed="true">all'
                f'<span class="count">{len(rows):,}</span></button>']
-    for status in STATUSES:
+    for status in Status:
         buttons.append(f'<button type="button" data-filter="{status}" aria-pressed="false">'
                        f'{status}<span class="count">{shown.get(status, 0):,}</span></button>')
     buttons.append(f'<span class="note"><span id="visible">{len(rows):,}</span> cards shown'
@@ -405,7 +405,7 @@ def sampling_note(counts: Mapping[str, int], shown: Mapping[str, int], scope: Sc
     if cards >= total:
         return f"Showing all {total:,} rows." if total else "No rows to show."
     parts = []
-    for status in (*PROBLEMS, "ok"):
+    for status in (*PROBLEMS, Status.OK):
         n, k = counts.get(status, 0), shown.get(status, 0)
         if n:
             parts.append(f"all {n:,} {status}" if k == n else f"{k:,} of {n:,} {status}")

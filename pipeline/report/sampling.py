@@ -12,9 +12,11 @@ import heapq
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from pipeline.outcomes import Status
 from pipeline.report.totals import Totals
 
-PROBLEMS = ("failed", "invalid")  # shown first, and guaranteed a share of a sampled gallery
+# Shown first, and guaranteed a share of a sampled gallery.
+PROBLEMS = (Status.FAILED, Status.INVALID)
 MAX_THUMBNAILS = 1000  # gallery cards by default: ~5 MB of thumbnails for photos
 PROBLEM_SHARE = 0.5  # of a sampled gallery, at most this much goes to failed + invalid rows
 

@@ -12,10 +12,12 @@ from typing import NamedTuple
 
 from PIL import Image, ImageOps
 
+from pipeline.outcomes import ErrorClass
+
 THUMBNAIL_SIDE = 160  # px, long side: sharp in a 160 px card slot, ~3-9 KB as JPEG
 THUMBNAIL_QUALITY = 60
 # Never read for a thumbnail: nothing to see (empty), or too costly to read or decode.
-NOT_READ = ("empty_file", "too_large", "decompression_bomb")
+NOT_READ = (ErrorClass.EMPTY_FILE, ErrorClass.TOO_LARGE, ErrorClass.DECOMPRESSION_BOMB)
 # Formats a thumbnail is made from; the same set the pipeline decodes (pipeline.images.prepare).
 DECODABLE = ("JPEG", "PNG", "GIF", "WEBP", "TIFF", "BMP")
 

@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
 from pipeline.images.limits import Catalog, Price
+from pipeline.outcomes import Status
 
 
 @dataclass
@@ -46,7 +47,8 @@ class Totals:
     errors: Counter = field(default_factory=Counter)  # (status, error_class) -> rows
     paid: dict[str, Usage] = field(default_factory=dict)  # by endpoint
     reused: int = 0  # ok rows that took another file's answer without a request
-    latencies: dict[str, list[int]] = field(default_factory=lambda: {"ok": [], "failed": []})
+    latencies: dict[str, list[int]] = field(
+        default_factory=lambda: {Status.OK: [], Status.FAILED: []})
     tokens: list[int] = field(default_factory=list)  # total_tokens of paid ok rows
     image_tokens: list[int] = field(default_factory=list)  # estimated, rows that were sent
     processed: Counter = field(default_factory=Counter)  # processed_at (UTC) -> rows
@@ -56,7 +58,7 @@ class Totals:
         status = row.get("status")
         self.rows += 1
         self.statuses[status] += 1
-        if status != "ok":
+        if status != Status.OK:
             self.errors[(status, row.get("error_class") or "(none)")] += 1
         endpoint = row.get("endpoint") or ""
         self.targets.add((endpoint, row.get("prompt_id")))
@@ -70,11 +72,11 @@ class Totals:
             latency = row.get("latency_ms")
             if latency is not None and status in self.latencies:
                 self.latencies[status].append(int(latency))
-            if status == "ok" and row.get("total_tokens") is not None:
+            if status == Status.OK and row.get("total_tokens") is not None:
                 self.tokens.append(int(row["total_tokens"]))
-        elif status == "ok":
+        elif status == Status.OK:
             self.reused += 1
-        if status != "invalid" and row.get("estimated_image_tokens") is not None and attempts:
+        if status != Status.INVALID and row.get("estimated_image_tokens") is not None and attempts:
             self.image_tokens.append(int(row["estimated_image_tokens"]))
         when = row.get("processed_at")
         if when is not None:

@@ -34,6 +34,7 @@ from pipeline.endpoint.auth import Credentials
 from pipeline.endpoint.pacing import NAMES
 from pipeline.files import source
 from pipeline.interrupts import Interrupted, Stop, only_mark, quietly
+from pipeline.outcomes import RunStatus, Status
 from pipeline.progress import Update, terminal, update
 from pipeline.runs import loop, sql
 from pipeline.runs.callers import DriverCaller, ExecutorCaller
@@ -95,10 +96,10 @@ def run(
             _batches(spark, ctx, listing, result, progress, recorder, stop, made)
         if stop.requested:
             raise Interrupted(stop.signum or signal.SIGINT)
-        result.status = "succeeded"
+        result.status = RunStatus.SUCCEEDED
     except BaseException as exc:
         stopped = stop.requested or isinstance(exc, KeyboardInterrupt)
-        result.status = "interrupted" if stopped else "failed"
+        result.status = RunStatus.INTERRUPTED if stopped else RunStatus.FAILED
         message = (f"interrupted by {_signal_name(stop.signum)}" if stopped
                    else str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__)
         stop.halting_with(only_mark)  # the run's row is being written: let it be
@@ -252,7 +253,7 @@ class Recorder:
 
     def _row(self, error: str | None) -> dict:
         r, ctx = self.result, self.ctx
-        ended = None if r.status == "running" else r.started + r.seconds
+        ended = None if r.status == RunStatus.RUNNING else r.started + r.seconds
         return {
             "run_id": ctx.run_id,
             "started_at": round(r.started * 1e6),
@@ -263,9 +264,7 @@ class Recorder:
             "prompt_id": ctx.prompt_id,
             "listed": r.listed,
             "skipped": r.skipped,
-            "ok": r.statuses["ok"],
-            "invalid": r.statuses["invalid"],
-            "failed": r.statuses["failed"],
+            **{status.value: r.statuses[status] for status in Status},
             "requests": r.requests,
             "retries": r.retries,
             "prompt_tokens": r.prompt_tokens,

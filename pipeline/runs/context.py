@@ -24,9 +24,8 @@ from pipeline.endpoint.packing import packed_spec
 from pipeline.endpoint.payloads import PromptSpec, image_byte_budget
 from pipeline.images.limits import Catalog, ModelFamily, load_catalog
 from pipeline.images.prepare import largest_image_tokens
+from pipeline.outcomes import RunStatus
 from pipeline.percentiles import percentile
-
-DONE_STATUSES = ("ok", "invalid")
 
 
 @dataclass(frozen=True)
@@ -150,7 +149,7 @@ class RunResult:
     latency_p50_ms: float | None = None
     latency_p95_ms: float | None = None
     seconds: float = 0.0
-    status: str = "running"
+    status: RunStatus = RunStatus.RUNNING
     # Seconds the run's requests were held back by each token or query limit (HELD).
     waited: Counter = field(default_factory=Counter)
     # (batch, stage, start, end) in seconds since `started`: where the time went.

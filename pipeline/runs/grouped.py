@@ -14,7 +14,7 @@ from pipeline import sink
 from pipeline.files import groups
 from pipeline.files.source import Listing
 from pipeline.images.prepare import Rejected
-from pipeline.progress import STATUSES
+from pipeline.outcomes import Status
 from pipeline.runs import plan, rows
 from pipeline.runs.callers import Ask
 from pipeline.runs.context import RunContext
@@ -102,4 +102,4 @@ class Grouped:
         self.groups_done.update(r["status"] for r in answered)
 
     def detail(self) -> str:
-        return "; groups " + ", ".join(f"{self.groups_done[s]} {s}" for s in STATUSES)
+        return "; groups " + ", ".join(f"{self.groups_done[s]} {s}" for s in Status)

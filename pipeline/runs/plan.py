@@ -22,7 +22,8 @@ from pyspark.sql.types import StringType
 from pipeline.config import RunConfig
 from pipeline.files import groups
 from pipeline.files.source import InputError, Listing
-from pipeline.runs.context import DONE_STATUSES, RunContext
+from pipeline.outcomes import DONE, Status
+from pipeline.runs.context import RunContext
 
 # Range partitions of the stream; each holds about one batch, so the driver reads one at a
 # time. Capped so a plan of a hundred million files does not make a million tiny tasks.
@@ -113,7 +114,7 @@ def _with_table(files: DataFrame, rows: DataFrame | None) -> DataFrame:
         return files.select("*", F.lit(False).alias("done"), F.lit(False).alias("known"),
                             F.lit(None).cast("string").alias("error_class"))
     joined = files.join(rows, "path", "left")
-    done = (F.col("status").isin(*DONE_STATUSES) & (F.col("size_bytes") == F.col("length"))
+    done = (F.col("status").isin(*DONE) & (F.col("size_bytes") == F.col("length"))
             & (F.col("modified_at") == F.col("modificationTime")))
     return joined.select("path", "length", "modificationTime",
                          F.coalesce(done, F.lit(False)).alias("done"),
@@ -147,7 +148,7 @@ def _has_answers(spark: SparkSession, ctx: RunContext) -> bool:
     without one there is nothing to reuse, and batches need not look (a lookup per batch
     scans the table)."""
     rows = _rows_here(spark, ctx)
-    return rows is not None and bool(rows.filter(F.col("status") == "ok").limit(1).count())
+    return rows is not None and bool(rows.filter(F.col("status") == Status.OK).limit(1).count())
 
 
 def grouped(spark: SparkSession, ctx: RunContext, listing: Listing) -> Plan:
@@ -169,7 +170,7 @@ def grouped(spark: SparkSession, ctx: RunContext, listing: Listing) -> Plan:
              .alias("fingerprint"))
     )
     answered = spark.table(ctx.tables.groups).filter(
-        ctx.asked_here & F.col("status").isin(*DONE_STATUSES)
+        ctx.asked_here & F.col("status").isin(*DONE)
     ).select("group_key", "fingerprint")
     todo_groups = fingerprints.join(answered, ["group_key", "fingerprint"], "left_anti")
     members = keyed.join(todo_groups, "group_key")
@@ -257,7 +258,7 @@ def still_to_do(spark: SparkSession, ctx: RunContext, entries: list[Entry],
         keys = sorted({e.group_key for e in entries if e.group_key is not None})
         if keys:
             answered = spark.table(ctx.tables.groups).filter(
-                ctx.asked_here & F.col("status").isin(*DONE_STATUSES)
+                ctx.asked_here & F.col("status").isin(*DONE)
                 & F.col("group_key").isin(keys))
             found = (frame.filter(F.col("group_key").isNotNull())
                      .join(answered, ["group_key", "fingerprint"], "left_semi")

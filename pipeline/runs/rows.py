@@ -7,6 +7,7 @@ from typing import Any
 
 from pipeline.endpoint.pacing import HELD
 from pipeline.images.prepare import Rejected
+from pipeline.outcomes import Status
 from pipeline.runs.context import RunContext
 from pipeline.runs.plan import Entry
 
@@ -38,7 +39,7 @@ def _base(ctx: RunContext, entry: Entry, facts: dict[str, Any] | None) -> dict[s
 def invalid(ctx: RunContext, entry: Entry, facts: dict[str, Any] | None,
             rejected: Rejected | None = None) -> dict[str, Any]:
     """A file never sent: refused by its length or path (`rejected`), or by preparation."""
-    row = {**_base(ctx, entry, facts), **dict.fromkeys(ANSWER), "status": "invalid",
+    row = {**_base(ctx, entry, facts), **dict.fromkeys(ANSWER), "status": Status.INVALID,
            "attempts": 0, "request_share": 0.0}
     if rejected is not None:
         row.update(error_class=rejected.error_class, error_message=rejected.message,

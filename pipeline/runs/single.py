@@ -13,6 +13,7 @@ from pyspark.sql import functions as F
 
 from pipeline import sink
 from pipeline.files.source import Listing
+from pipeline.outcomes import Status
 from pipeline.runs import plan, rows
 from pipeline.runs.callers import Ask
 from pipeline.runs.context import RunContext
@@ -86,7 +87,7 @@ class Singles:
         wanted = self.spark.createDataFrame([(s,) for s in shas], "content_sha256 STRING")
         found = (
             self.spark.table(self.ctx.tables.captions)
-            .filter(self.ctx.asked_here & (F.col("status") == "ok")
+            .filter(self.ctx.asked_here & (F.col("status") == Status.OK)
                     & F.col("reused_from").isNull())
             .join(F.broadcast(wanted), "content_sha256", "left_semi")
             .select("content_sha256", "path", *STORED)

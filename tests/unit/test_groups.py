@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from pipeline.files.groups import NO_VALID_IMAGE, group_key, group_row, member_results
+from pipeline.files.groups import group_key, group_row, member_results
+from pipeline.outcomes import ErrorClass, Status
 
 
 def part(number: int, paths: list[str], tokens: list[int], **overrides) -> dict:
@@ -58,5 +59,6 @@ def test_one_failed_part_fails_the_group_and_names_the_part() -> None:
 
 def test_a_group_without_a_valid_member_makes_no_request() -> None:
     row = group_row("g", ["x.pdf"], "f", [])
-    assert (row["status"], row["error_class"], row["attempts"]) == ("invalid", NO_VALID_IMAGE, 0)
+    assert (row["status"], row["error_class"], row["attempts"]) == (
+        Status.INVALID, ErrorClass.NO_VALID_IMAGE, 0)
     assert row["images"] == 0 and row["answer"] is None
