@@ -30,7 +30,7 @@ from pipeline.endpoint.pacing import UNITS, held_back  # noqa: E402
 from pipeline.errors import RunError, UsageError  # noqa: E402
 from pipeline.images.limits import load_catalog  # noqa: E402
 from pipeline.interrupts import Interrupted, Stop  # noqa: E402
-from pipeline.local import server as local_endpoint  # noqa: E402
+from pipeline.local import command as serve_local  # noqa: E402
 from pipeline.outcomes import Status  # noqa: E402
 from pipeline.resources import samples_dir  # noqa: E402
 
@@ -116,8 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
         "serving protocol. Clients must send `Authorization: Bearer <token>` with the token "
         "in DATABRICKS_TOKEN (set it before starting; never a flag, so it stays out of shell "
         "history and process listings).")
-    local_endpoint.add_arguments(serve_p)
-    serve_p.set_defaults(func=local_endpoint.serve)
+    serve_local.add_arguments(serve_p)
+    serve_p.set_defaults(func=serve_local.serve)
     report_p = _page_flags(commands.add_parser(
         "report", help="one self-contained HTML page: figures, charts, a gallery of captions"))
     report_p.add_argument("--run-id", dest="run_id",
@@ -176,6 +176,9 @@ def connected(cfg: RunConfig) -> Iterator[tuple[RunConfig, Credentials]]:
             preflight(credentials, cfg.endpoint)
         yield cfg, credentials
         return
+    # Imported here: only a run with no host needs the server (and its reference model).
+    from pipeline.local import server as local_endpoint
+
     token = secrets.token_urlsafe(24)
     family = load_catalog(cfg.models_file).family(
         cfg.endpoint or LOCAL_ENDPOINT, cfg.model_family

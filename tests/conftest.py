@@ -13,7 +13,8 @@ import pytest
 
 from pipeline.config import RunConfig
 from pipeline.endpoint import auth
-from pipeline.local.server import EndpointOptions, Faults, LocalEndpoint
+from pipeline.local.faults import Faults
+from pipeline.local.server import EndpointOptions, LocalEndpoint
 
 REPO = Path(__file__).resolve().parents[1]
 TIERS = ("unit", "spark", "e2e")  # the folders under tests/, one marker each

@@ -1,126 +1,63 @@
-"""A real HTTP server speaking the Databricks model-serving protocol, answered by the local
-reference model (pipeline.local.describer).
+"""A real HTTP server on 127.0.0.1 speaking the Databricks model-serving protocol, answered by
+the local reference model (pipeline.local.describer).
 
 The pipeline, its tests and `vision-batch serve-local` run against it with no workspace. It
-enforces a model family's limits exactly (a valid run must never see a 400), refuses requests
-over a concurrency cap like a real endpoint, and injects faults (429, 5xx, hangs, HTML pages,
-dropped connections) deterministically: the same request body gets the same fault sequence
-whatever order requests arrive in, so a failure seen once can be replayed.
+checks each request as pipeline.local.protocol says, refuses requests over a concurrency cap
+or a pay-per-token limit like a real endpoint, injects the faults pipeline.local.faults picks,
+and counts what it saw (`stats()`, GET /local/stats) so tests and benchmarks can check it.
 """
 
 from __future__ import annotations
 
-import argparse
-import base64
-import binascii
 import hashlib
 import hmac
-import io
 import json
 import math
-import os
-import re
-import signal
 import socket
 import sys
 import threading
 import time
 import traceback
-import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from PIL import Image, UnidentifiedImageError
-
 from pipeline.endpoint.pacing import NAMES, UNITS, window_s
-from pipeline.endpoint.payloads import text_tokens
 from pipeline.images.limits import ModelFamily, load_catalog
 from pipeline.local import describer
+from pipeline.local.faults import (
+    FAULT_KINDS,
+    PACKED_ANSWERS,
+    PROXY_PAGE,
+    SERVER_ERRORS,
+    Faults,
+    misanswer,
+    pick_fault,
+)
+from pipeline.local.protocol import (
+    CHAT_COMPLETIONS,
+    ENDPOINT_INFO,
+    INVOCATIONS,
+    WELL_KNOWN,
+    BadRequest,
+    ChatRequest,
+    Reply,
+    completion,
+    error_reply,
+    input_tokens,
+    json_bytes,
+    parse_chat,
+)
 
-FAULT_KINDS = ("429", "500", "502", "503", "504", "hang", "html", "drop")
-# ordered: as measured; reversed: entries in reverse order (indexes still right);
-# missing: the last entry left out; extra: one entry for an image that was not sent.
-PACKED_ANSWERS = ("ordered", "reversed", "missing", "extra")
 RPM_WINDOW_S = 60.0
-
-# Declared data-URL types and the Pillow format each promises.
-MIME_FORMATS = {
-    "image/jpeg": "JPEG",
-    "image/jpg": "JPEG",  # not registered, but common; it promises the same bytes
-    "image/png": "PNG",
-    "image/gif": "GIF",
-    "image/webp": "WEBP",
-}
 
 # Bodies longer than this are not even drained: the connection is closed after the 400.
 _DRAIN_LIMIT = 256 * 1024 * 1024
 
-_SERVER_ERRORS = {
-    "500": ("INTERNAL_ERROR", "The model server failed while handling the request."),
-    "502": ("TEMPORARILY_UNAVAILABLE", "Bad gateway: the model server did not answer."),
-    "503": ("TEMPORARILY_UNAVAILABLE", "The endpoint is temporarily unavailable."),
-    "504": ("TEMPORARILY_UNAVAILABLE", "Gateway timeout: the model server took too long."),
-}
-
-_PROXY_PAGE = (
-    b"<html><head><title>502 Bad Gateway</title></head><body>"
-    b"<center><h1>502 Bad Gateway</h1></center><hr><center>nginx</center></body></html>\n"
-)
-
-# {"type": "json_object"} asks for any JSON object: answer with the caption and its facts.
-_JSON_OBJECT_SCHEMA = {
-    "type": "object",
-    "properties": {
-        "caption": {"type": "string"},
-        "tags": {"type": "array", "items": {"type": "string"}},
-        "width": {"type": "integer"},
-        "height": {"type": "integer"},
-    },
-}
-
-_INVOCATIONS = re.compile(r"/serving-endpoints/([^/]+)/invocations")
-_CHAT_COMPLETIONS = "/serving-endpoints/chat/completions"
-_ENDPOINT_INFO = re.compile(r"/api/2\.0/serving-endpoints/([^/]+)")
-_WELL_KNOWN = "/.well-known/databricks-config"
+# The local endpoint's own route: its counters.
 _STATS = "/local/stats"
-
-
-@dataclass
-class Faults:
-    """Deterministic fault injection; rates are probabilities in [0, 1] summing to <= 1."""
-
-    rate_429: float = 0.0
-    rate_500: float = 0.0
-    rate_502: float = 0.0
-    rate_503: float = 0.0
-    rate_504: float = 0.0
-    rate_hang: float = 0.0  # accept the request, then never answer (until hang_s or stop())
-    hang_s: float = 600.0
-    rate_html: float = 0.0  # HTTP 200 with a text/html body (a proxy's error page), not JSON
-    rate_drop: float = 0.0  # full Content-Length, half the body, then the socket closes
-    retry_after: str | None = None  # Retry-After on every 429 ("1" or an HTTP date)
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for kind in FAULT_KINDS:
-            rate = self.rate(kind)
-            if not 0.0 <= rate <= 1.0:  # also false for NaN
-                raise ValueError(f"--rate-{kind} must be between 0 and 1, not {rate}")
-        total = sum(self.rate(kind) for kind in FAULT_KINDS)
-        if total > 1.0 + 1e-9:
-            raise ValueError(f"the --rate-* flags sum to {total:g}; they must sum to at most 1")
-        if not self.hang_s >= 0:
-            raise ValueError(f"--hang-s must be zero or more, not {self.hang_s}")
-
-    def rate(self, kind: str) -> float:
-        return float(getattr(self, f"rate_{kind}"))
-
-    @property
-    def active(self) -> bool:
-        return any(self.rate(kind) > 0 for kind in FAULT_KINDS)
 
 
 @dataclass
@@ -162,235 +99,6 @@ class EndpointOptions:
                 f"--packed-answers must be one of {', '.join(PACKED_ANSWERS)}, "
                 f"not {self.packed_answers!r}"
             )
-
-
-class BadRequest(ValueError):
-    """The request breaks the protocol or the family's limits: a 400 BAD_REQUEST."""
-
-
-@dataclass(frozen=True)
-class ChatRequest:
-    """A validated chat request: its text, images (measured) and answer options."""
-
-    prompt_text: str
-    images: tuple[bytes, ...]
-    measured: tuple[describer.Measurements, ...]
-    max_tokens: int | None
-    response_schema: dict[str, Any] | None
-
-
-@dataclass(frozen=True)
-class Reply:
-    """What the handler does with a request; stats are recorded from it before it is sent."""
-
-    status: int
-    body: bytes = b""
-    content_type: str = "application/json"
-    headers: tuple[tuple[str, str], ...] = ()
-    action: str = "send"  # send | drop (half the body, then close) | hang (close, no answer)
-    fault: str | None = None
-    image_digests: tuple[str, ...] = ()  # set on 200 JSON answers only
-
-    @property
-    def answered_ok(self) -> bool:
-        return self.status == 200 and self.action == "send" and self.fault is None
-
-
-# ---------------------------------------------------------------------------------------------
-# Pure functions: request validation, fault choice, answer bodies.
-
-
-def parse_chat(payload: dict[str, Any], family: ModelFamily) -> ChatRequest:
-    """Validate a chat-completions body against `family`; BadRequest says what is wrong."""
-    messages = payload.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise BadRequest("The request has no messages.")
-    if payload.get("stream"):
-        raise BadRequest("Streaming is not supported by the local endpoint.")
-    texts: list[str] = []
-    urls: list[Any] = []
-    for message in messages:
-        if not isinstance(message, dict):
-            raise BadRequest("Each message must be an object.")
-        content = message.get("content")
-        if isinstance(content, str):
-            texts.append(content)
-        elif isinstance(content, list):
-            for part in content:
-                kind = part.get("type") if isinstance(part, dict) else None
-                if kind == "text" and isinstance(part.get("text"), str):
-                    texts.append(part["text"])
-                elif kind == "image_url":
-                    url = part.get("image_url")
-                    urls.append(url.get("url") if isinstance(url, dict) else url)
-                else:
-                    raise BadRequest(f"Unsupported message content part: {str(kind)[:40]}.")
-        elif content is not None:
-            raise BadRequest("Message content must be a string or a list of parts.")
-    if len(urls) > family.max_images_per_request:
-        raise BadRequest(
-            f"The request has {len(urls)} images; at most {family.max_images_per_request} "
-            "are allowed."
-        )
-    images = tuple(decode_image(url, i, family) for i, url in enumerate(urls, 1))
-    measured = tuple(_measure(data, i) for i, data in enumerate(images, 1))
-    return ChatRequest(
-        prompt_text="".join(texts),
-        images=images,
-        measured=measured,
-        max_tokens=_max_tokens(payload),
-        response_schema=_response_schema(payload.get("response_format")),
-    )
-
-
-def decode_image(url: Any, index: int, family: ModelFamily) -> bytes:
-    """The bytes of image `index` (1-based), checked against everything the family limits."""
-    where = f"Image {index}"
-    if not isinstance(url, str) or not url.startswith("data:") or "," not in url:
-        raise BadRequest(f"{where} is not a base64 data URL.")
-    header, data = url[5:].split(",", 1)
-    mime, *params = (p.strip().lower() for p in header.split(";"))
-    if "base64" not in params:
-        raise BadRequest(f"{where} is not a base64 data URL.")
-    declared = MIME_FORMATS.get(mime)
-    if declared not in family.formats:
-        raise BadRequest(
-            f"{where} is {mime or 'untyped'}; this endpoint accepts {', '.join(family.formats)}."
-        )
-    try:
-        # Whitespace is tolerated (MIME-style line breaks); any other stray byte is not.
-        raw = base64.b64decode("".join(data.split()), validate=True)
-    except (binascii.Error, ValueError):
-        raise BadRequest(f"{where} is not valid base64.") from None
-    if len(raw) > family.max_image_bytes:
-        raise BadRequest(
-            f"{where} is {len(raw):,} bytes; at most {family.max_image_bytes:,} are allowed."
-        )
-    try:
-        with Image.open(io.BytesIO(raw)) as img:
-            actual, size = img.format, img.size
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError):
-        raise BadRequest(f"{where} cannot be decoded as an image.") from None
-    actual = "JPEG" if actual == "MPO" else actual  # a camera's MPO is a JPEG with extras
-    if actual != declared:
-        raise BadRequest(f"{where} is declared {mime} but its bytes are {actual}.")
-    if max(size) > family.max_side:
-        raise BadRequest(
-            f"{where} is {size[0]}x{size[1]}; the longest side may be at most {family.max_side}."
-        )
-    return raw
-
-
-def pick_fault(faults: Faults, key: str, n: int) -> str | None:
-    """The fault for the `n`-th sighting of body digest `key`: a function of (seed, key, n)
-    only, so concurrency and request order cannot change it."""
-    digest = hashlib.sha256(f"{faults.seed}:{key}:{n}".encode()).digest()
-    u = int.from_bytes(digest[:8], "big") / 2**64
-    edge = 0.0
-    for kind in FAULT_KINDS:
-        edge += faults.rate(kind)
-        if u < edge:
-            return kind
-    return None
-
-
-def input_tokens(request: ChatRequest, family: ModelFamily) -> int:
-    """The request's prompt tokens, counted the way the pipeline's estimates are."""
-    image_tokens = sum(family.image_tokens(m.width, m.height) for m in request.measured)
-    return text_tokens(request.prompt_text) + image_tokens
-
-
-def completion(
-    model: str, content: str, request: ChatRequest, family: ModelFamily
-) -> dict[str, Any]:
-    """The chat.completion body, with usage counted the way the pipeline's estimates are."""
-    prompt_tokens = input_tokens(request, family)
-    completion_tokens = text_tokens(content)
-    if request.max_tokens is not None:
-        completion_tokens = min(completion_tokens, request.max_tokens)
-    return {
-        "id": f"chatcmpl-{uuid.uuid4().hex}",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": content},
-                "finish_reason": "stop",
-            }
-        ],
-        "usage": {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-        },
-    }
-
-
-def misanswer(content: str, how: str) -> str:
-    """A packed answer (the first list of objects with an `index`) rearranged as `how` says;
-    any other content is returned as it is."""
-    if how == "ordered":
-        return content
-    try:
-        payload = json.loads(content)
-    except ValueError:
-        return content
-    if not isinstance(payload, dict):
-        return content
-    for key, value in payload.items():
-        if isinstance(value, list) and value and all(
-            isinstance(v, dict) and "index" in v for v in value
-        ):
-            if how == "reversed":
-                payload[key] = value[::-1]
-            elif how == "missing":
-                payload[key] = value[:-1]
-            elif how == "extra":
-                payload[key] = [*value, {**value[-1], "index": len(value) + 1}]
-            return json.dumps(payload, ensure_ascii=False)
-    return content
-
-
-def error_reply(
-    status: int, code: str, message: str, *, headers: tuple[tuple[str, str], ...] = (),
-    fault: str | None = None,
-) -> Reply:
-    body = _json_bytes({"error_code": code, "message": message})
-    return Reply(status, body, headers=headers, fault=fault)
-
-
-def _measure(data: bytes, index: int) -> describer.Measurements:
-    try:
-        return describer.measure(data)
-    except ValueError:  # the header parsed but the pixels do not (truncated, corrupt)
-        raise BadRequest(f"Image {index} cannot be decoded as an image.") from None
-
-
-def _max_tokens(payload: dict[str, Any]) -> int | None:
-    value = payload.get("max_tokens", payload.get("max_completion_tokens"))
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    return None
-
-
-def _response_schema(response_format: Any) -> dict[str, Any] | None:
-    if not isinstance(response_format, dict):
-        return None
-    kind = response_format.get("type")
-    if kind == "json_object":
-        return _JSON_OBJECT_SCHEMA
-    if kind == "json_schema":
-        schema = (response_format.get("json_schema") or {}).get("schema")
-        if not isinstance(schema, dict):
-            raise BadRequest("response_format.json_schema.schema must be a JSON Schema object.")
-        return schema
-    return None
-
-
-def _json_bytes(value: Any) -> bytes:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def _fresh_stats() -> dict[str, Any]:
@@ -469,7 +177,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         ep = self.server.endpoint
         path = urlsplit(self.path).path
-        if path == _WELL_KNOWN:
+        if path == WELL_KNOWN:
             # The databricks-sdk probes this when it builds a Config; an empty object makes it
             # fall back to the host and token it was given.
             self._send(Reply(200, b"{}"))
@@ -477,9 +185,9 @@ class _Handler(BaseHTTPRequestHandler):
         if not self._authorized():
             self._send(ep._unauthorized())
             return
-        info = _ENDPOINT_INFO.fullmatch(path)
+        info = ENDPOINT_INFO.fullmatch(path)
         if path == _STATS:
-            self._send(Reply(200, _json_bytes(ep.stats())))
+            self._send(Reply(200, json_bytes(ep.stats())))
         elif info:
             self._send(ep._endpoint_info(unquote(info.group(1))))
         else:
@@ -488,13 +196,13 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         ep = self.server.endpoint
         path = urlsplit(self.path).path
-        invocations = _INVOCATIONS.fullmatch(path)
+        invocations = INVOCATIONS.fullmatch(path)
         try:
             body, length = self._read_body(ep.family.max_request_bytes)
         except _ClientGone:
             self.close_connection = True
             return
-        if not invocations and path != _CHAT_COMPLETIONS:
+        if not invocations and path != CHAT_COMPLETIONS:
             self._send(_not_found("POST", path) if self._authorized() else ep._unauthorized())
             return
         ep._count_request()
@@ -828,7 +536,7 @@ class LocalEndpoint:
             "state": {"ready": "READY", "config_update": "NOT_UPDATING"},
             "task": "llm/v1/chat",
         }
-        return Reply(200, _json_bytes(body))
+        return Reply(200, json_bytes(body))
 
     def _retry_after(self) -> tuple[tuple[str, str], ...]:
         value = self.options.faults.retry_after
@@ -877,21 +585,21 @@ class LocalEndpoint:
             self._stopping.wait(faults.hang_s)
             return Reply(0, action="hang", fault=fault)
         answer = b""
-        if fault not in _SERVER_ERRORS and fault != "html":
+        if fault not in SERVER_ERRORS and fault != "html":
             content = describer.describe(list(request.measured), request.response_schema,
                                          request.prompt_text)
             content = misanswer(content, self.options.packed_answers)
             body_out = completion(name, content, request, family)
             self._count_output(body_out["usage"]["completion_tokens"])
-            answer = _json_bytes(body_out)
+            answer = json_bytes(body_out)
         remaining = self.options.latency_ms / 1000 - (time.monotonic() - started)
         if remaining > 0:
             self._stopping.wait(remaining)
-        if fault in _SERVER_ERRORS:
-            code, message = _SERVER_ERRORS[fault]
+        if fault in SERVER_ERRORS:
+            code, message = SERVER_ERRORS[fault]
             return error_reply(int(fault), code, message, fault=fault)
         if fault == "html":
-            return Reply(200, _PROXY_PAGE, content_type="text/html; charset=utf-8", fault=fault)
+            return Reply(200, PROXY_PAGE, content_type="text/html; charset=utf-8", fault=fault)
         if fault == "drop":
             return Reply(200, answer, action="drop", fault=fault)
         return Reply(
@@ -944,98 +652,3 @@ def _shutdown(sock: socket.socket) -> None:
     except OSError:
         pass
 
-
-# ---------------------------------------------------------------------------------------------
-# `vision-batch serve-local`.
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--port", type=int, default=8080, help="port on 127.0.0.1 (0: any)")
-    parser.add_argument("--latency-ms", type=float, default=0.0, help="added to every answer")
-    parser.add_argument(
-        "--max-concurrency", type=int, default=None,
-        help="requests in flight above this get 429 REQUEST_LIMIT_EXCEEDED",
-    )
-    parser.add_argument(
-        "--max-rpm", type=int, default=None,
-        help="requests per 60 s window above this get 429 with Retry-After",
-    )
-    for name in NAMES:
-        parser.add_argument(
-            f"--max-{name}", type=int, default=None,
-            help=f"{UNITS[name]} above this get 429 with Retry-After (a pay-per-token limit)",
-        )
-    parser.add_argument(
-        "--packed-answers", choices=PACKED_ANSWERS, default="ordered",
-        help="how answers to packed requests come back (to test matching by index)",
-    )
-    parser.add_argument("--endpoint", default=None, help="endpoint name to serve (default: any)")
-    parser.add_argument(
-        "--family", default="generic", help="model family from models.yml whose limits apply"
-    )
-    for kind in FAULT_KINDS:
-        parser.add_argument(
-            f"--rate-{kind}", type=float, default=0.0,
-            help=f"share of requests answered with fault {kind} (0-1)",
-        )
-    parser.add_argument("--hang-s", type=float, default=600.0, help="how long a hang lasts")
-    parser.add_argument("--retry-after", default=None, help="Retry-After value on every 429")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the fault sequence")
-
-
-def options_from_args(args: argparse.Namespace, token: str) -> EndpointOptions:
-    """EndpointOptions from parsed flags; ValueError (naming the flag) for a bad value."""
-    faults = Faults(
-        **{f"rate_{kind}": getattr(args, f"rate_{kind}") for kind in FAULT_KINDS},
-        hang_s=args.hang_s,
-        retry_after=args.retry_after,
-        seed=args.seed,
-    )
-    return EndpointOptions(
-        token=token,
-        family=load_catalog().family("", explicit=args.family),
-        endpoint_name=args.endpoint,
-        latency_ms=args.latency_ms,
-        max_concurrency=args.max_concurrency,
-        max_rpm=args.max_rpm,
-        max_itpm=args.max_itpm,
-        max_otpm=args.max_otpm,
-        max_qph=args.max_qph,
-        packed_answers=args.packed_answers,
-        faults=faults,
-    )
-
-
-def serve(args: argparse.Namespace) -> int:
-    """Serve until Ctrl-C or SIGTERM. The token comes from DATABRICKS_TOKEN, never a flag,
-    so it stays out of shell history and process listings."""
-    token = os.environ.get("DATABRICKS_TOKEN")
-    if not token:
-        print("Set DATABRICKS_TOKEN to the token clients must send.", file=sys.stderr)
-        return 2
-    options = options_from_args(args, token)
-    try:
-        endpoint = LocalEndpoint(options, port=args.port)
-    except OSError as exc:
-        print(f"Cannot listen on 127.0.0.1:{args.port}: {exc.strerror}.", file=sys.stderr)
-        return 1
-    stopping = threading.Event()
-    on_main = threading.current_thread() is threading.main_thread()
-    # Signal handlers can only be installed from the main thread (not so under a test runner).
-    previous = signal.signal(signal.SIGTERM, lambda *_: stopping.set()) if on_main else None
-    try:
-        with endpoint:
-            served = options.endpoint_name or "any endpoint name"
-            print(
-                f"Serving the local reference model at {endpoint.url} ({served}, family "
-                f"{endpoint.family.name}); Ctrl-C stops it.",
-                flush=True,
-            )
-            while not stopping.wait(0.5):
-                pass
-    except KeyboardInterrupt:
-        pass
-    finally:
-        if on_main:
-            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
-    return 0

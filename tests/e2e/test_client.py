@@ -16,7 +16,7 @@ from pipeline.endpoint.client import (
     preflight,
 )
 from pipeline.endpoint.payloads import PromptSpec, caption_parser, chat_body, encode
-from pipeline.local.server import Faults
+from pipeline.local.faults import Faults
 from tests import files
 
 SPEC = PromptSpec("Describe.", max_tokens=50)

@@ -133,7 +133,7 @@ def test_the_sql_path_runs_its_template_on_connect(spark, serve, connect_session
 
 def test_the_report_of_a_connect_run_opens_in_the_browser(spark, serve, connect_session,
                                                           tmp_path) -> None:
-    from pipeline.local.server import Faults
+    from pipeline.local.faults import Faults
 
     driver = browser_or_skip(tmp_path)
     try:

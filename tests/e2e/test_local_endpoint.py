@@ -19,14 +19,9 @@ from PIL import Image
 from pipeline.endpoint.payloads import PromptSpec, chat_body, data_url, encode
 from pipeline.images.limits import load_catalog
 from pipeline.local import describer
-from pipeline.local.server import (
-    EndpointOptions,
-    Faults,
-    LocalEndpoint,
-    add_arguments,
-    options_from_args,
-    serve,
-)
+from pipeline.local.command import add_arguments, options_from_args, serve
+from pipeline.local.faults import Faults
+from pipeline.local.server import EndpointOptions, LocalEndpoint
 
 TOKEN = "local-test-token"  # not a secret: only these in-process servers accept it
 NAME = "local-test-endpoint"

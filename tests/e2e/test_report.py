@@ -18,7 +18,7 @@ import pytest
 from pipeline import cli, report
 from pipeline import runs as runner
 from pipeline.images.limits import load_catalog
-from pipeline.local.server import Faults
+from pipeline.local.faults import Faults
 from pipeline.report.thumbnails import THUMBNAIL_SIDE
 from tests import files
 

@@ -47,7 +47,7 @@ def test_the_files_left_come_in_batches_of_the_size_in_path_order(
 def test_a_file_with_a_row_is_known_so_its_batch_is_merged_not_inserted(
     spark, serve, run_config, tmp_path
 ) -> None:
-    from pipeline.local.server import Faults
+    from pipeline.local.faults import Faults
 
     folder = files.write_photos(tmp_path / "in", 3, "p{}.jpg", lambda i: (20 + i, 20))
     failing, creds = serve(Faults(rate_503=1.0))

@@ -11,7 +11,7 @@ from pyspark.sql import functions as F
 from pipeline import runs as runner
 from pipeline import sink
 from pipeline.files import source
-from pipeline.local.server import Faults
+from pipeline.local.faults import Faults
 from tests import files
 
 

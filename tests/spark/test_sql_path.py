@@ -11,7 +11,7 @@ from chispa import assert_df_equality
 
 from pipeline import notebook
 from pipeline import runs as runner
-from pipeline.local.server import Faults
+from pipeline.local.faults import Faults
 from pipeline.resources import sql_dir, sql_text
 from tests import files
 

@@ -1,0 +1,122 @@
+"""`vision-batch serve-local`: its flags, and serving the local endpoint until Ctrl-C or
+SIGTERM.
+
+Kept apart from the server so the command line can offer the command cheaply: building the
+CLI's parser imports this module, which loads neither the server nor the reference model;
+those are imported when the command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+from typing import TYPE_CHECKING
+
+from pipeline.endpoint.pacing import NAMES, UNITS
+from pipeline.images.limits import load_catalog
+from pipeline.local.faults import FAULT_KINDS, PACKED_ANSWERS, Faults
+
+if TYPE_CHECKING:
+    from pipeline.local.server import EndpointOptions
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--port", type=int, default=8080, help="port on 127.0.0.1 (0: any)")
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="added to every answer")
+    parser.add_argument(
+        "--max-concurrency", type=int, default=None,
+        help="requests in flight above this get 429 REQUEST_LIMIT_EXCEEDED",
+    )
+    parser.add_argument(
+        "--max-rpm", type=int, default=None,
+        help="requests per 60 s window above this get 429 with Retry-After",
+    )
+    for name in NAMES:
+        parser.add_argument(
+            f"--max-{name}", type=int, default=None,
+            help=f"{UNITS[name]} above this get 429 with Retry-After (a pay-per-token limit)",
+        )
+    parser.add_argument(
+        "--packed-answers", choices=PACKED_ANSWERS, default="ordered",
+        help="how answers to packed requests come back (to test matching by index)",
+    )
+    parser.add_argument("--endpoint", default=None, help="endpoint name to serve (default: any)")
+    parser.add_argument(
+        "--family", default="generic", help="model family from models.yml whose limits apply"
+    )
+    for kind in FAULT_KINDS:
+        parser.add_argument(
+            f"--rate-{kind}", type=float, default=0.0,
+            help=f"share of requests answered with fault {kind} (0-1)",
+        )
+    parser.add_argument("--hang-s", type=float, default=600.0, help="how long a hang lasts")
+    parser.add_argument("--retry-after", default=None, help="Retry-After value on every 429")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the fault sequence")
+
+
+def options_from_args(args: argparse.Namespace, token: str) -> EndpointOptions:
+    """EndpointOptions from parsed flags; ValueError (naming the flag) for a bad value."""
+    # Imported here, not at the top, for start-up cost: the server loads the reference model.
+    from pipeline.local.server import EndpointOptions
+
+    faults = Faults(
+        **{f"rate_{kind}": getattr(args, f"rate_{kind}") for kind in FAULT_KINDS},
+        hang_s=args.hang_s,
+        retry_after=args.retry_after,
+        seed=args.seed,
+    )
+    return EndpointOptions(
+        token=token,
+        family=load_catalog().family("", explicit=args.family),
+        endpoint_name=args.endpoint,
+        latency_ms=args.latency_ms,
+        max_concurrency=args.max_concurrency,
+        max_rpm=args.max_rpm,
+        max_itpm=args.max_itpm,
+        max_otpm=args.max_otpm,
+        max_qph=args.max_qph,
+        packed_answers=args.packed_answers,
+        faults=faults,
+    )
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Serve until Ctrl-C or SIGTERM. The token comes from DATABRICKS_TOKEN, never a flag,
+    so it stays out of shell history and process listings."""
+    token = os.environ.get("DATABRICKS_TOKEN")
+    if not token:
+        print("Set DATABRICKS_TOKEN to the token clients must send.", file=sys.stderr)
+        return 2
+    # Imported here, not at the top, for start-up cost: building the CLI's parser must not load
+    # the server and its reference model.
+    from pipeline.local.server import LocalEndpoint
+
+    options = options_from_args(args, token)
+    try:
+        endpoint = LocalEndpoint(options, port=args.port)
+    except OSError as exc:
+        print(f"Cannot listen on 127.0.0.1:{args.port}: {exc.strerror}.", file=sys.stderr)
+        return 1
+    stopping = threading.Event()
+    on_main = threading.current_thread() is threading.main_thread()
+    # Signal handlers can only be installed from the main thread (not so under a test runner).
+    previous = signal.signal(signal.SIGTERM, lambda *_: stopping.set()) if on_main else None
+    try:
+        with endpoint:
+            served = options.endpoint_name or "any endpoint name"
+            print(
+                f"Serving the local reference model at {endpoint.url} ({served}, family "
+                f"{endpoint.family.name}); Ctrl-C stops it.",
+                flush=True,
+            )
+            while not stopping.wait(0.5):
+                pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if on_main:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+    return 0
