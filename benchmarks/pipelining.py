@@ -118,12 +118,12 @@ def planning(folder: Path) -> None:
     """Planning time with everything done, 5,000 vs 50,000 files, in a warm session."""
     from pyspark.sql import functions as F
 
-    from pipeline import sink
     from pipeline.config import RunConfig
     from pipeline.files import source
     from pipeline.runs import plan
     from pipeline.runs.context import context
     from pipeline.spark import get_spark
+    from pipeline.tables import sink
 
     spark = get_spark("vision-batch-bench")
     times = {}

@@ -51,12 +51,12 @@ def main() -> None:
 
     from pyspark.sql import functions as F
 
-    from pipeline import sink
     from pipeline.config import RunConfig
     from pipeline.files.source import Listing
     from pipeline.runs import plan
     from pipeline.runs.context import context
     from pipeline.spark import get_spark
+    from pipeline.tables import sink
 
     spark = get_spark("vision-batch-planning")
     sc = spark.sparkContext  # a benchmark may look inside the JVM: stage task counts

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field, replace
 
 from pyspark.sql import SparkSession
 
-from pipeline import sink
 from pipeline.config import ConfigError, RunConfig
 from pipeline.endpoint.pacing import NAMES, UNITS
 from pipeline.endpoint.payloads import text_tokens
@@ -22,6 +21,7 @@ from pipeline.runs import plan
 from pipeline.runs.context import context
 from pipeline.runs.prepare import prepare
 from pipeline.spark import get_spark
+from pipeline.tables import sink
 
 
 @dataclass

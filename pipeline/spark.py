@@ -22,6 +22,7 @@ import socket
 import sys
 import tempfile
 import uuid
+import zipimport
 from contextlib import contextmanager
 from functools import lru_cache
 from importlib.metadata import version
@@ -273,3 +274,16 @@ def analyze(frame: DataFrame) -> StructType:
     """Analyze a plan now, so a missing path or table fails here: a Connect session only
     analyzes when asked (a classic one already has)."""
     return frame.schema
+
+
+def in_worker() -> None:
+    """Called first in every Python task. PySpark's worker calls importlib.invalidate_caches()
+    before each task, and before Python 3.12 that makes zipimport re-read the whole of
+    pyspark.zip's directory: about 0.1 s a task. The zips on a worker's path never change
+    while it lives (files shipped later come as new paths), so that re-read is skipped."""
+    if sys.version_info < (3, 12):
+        zipimport.zipimporter.invalidate_caches = _keep_zip_directory  # type: ignore[method-assign]
+
+
+def _keep_zip_directory(self: zipimport.zipimporter) -> None:
+    return None

@@ -1,7 +1,7 @@
 -- The captions table: one row per (path, endpoint, prompt_id). Shared by the UDF path and
 -- the SQL path. :table is bound through IDENTIFIER, never formatted into the text.
 -- vision_batch.schema_version marks a table this program made. A table with neither the mark
--- nor the key columns of its kind is refused and left as it is (pipeline/sink.py).
+-- nor the key columns of its kind is refused and left as it is (pipeline/tables/sink.py).
 -- Frequent small MERGEs: optimized writes and auto compaction keep the file count down.
 -- Deletion vectors stay off: open-source Delta 4.0 cannot MERGE with them into a table that
 -- has a column named `path` (AMBIGUOUS_REFERENCE filePath), and `path` is in the contract.

@@ -29,8 +29,7 @@ from pyspark.sql import functions as F
 
 from pipeline.errors import RunError
 from pipeline.files import localfs
-from pipeline.runs.udfs import in_worker
-from pipeline.spark import analyze
+from pipeline.spark import analyze, in_worker
 
 METADATA = ("path", "length", "modificationTime")
 _FOUND = "path STRING, mtime_ms BIGINT"  # an empty file, with its time as Hadoop gives it

@@ -63,7 +63,7 @@ def write_report(spark: SparkSession, table: str, out: str | Path, *,
     """Read the captions table and its runs table, and write the page to `out`."""
     from pyspark.sql import functions as F
 
-    from pipeline import sink
+    from pipeline.tables import sink
 
     if max_thumbnails < 1:
         raise ValueError(f"max_thumbnails must be at least 1, not {max_thumbnails}")
@@ -104,7 +104,7 @@ def write_compare(spark: SparkSession, table: str, out: str | Path,
     for `pairs` ("ENDPOINT:PROMPT_ID"; default: every pair in the table) to `out`."""
     from pyspark.sql import functions as F
 
-    from pipeline import sink
+    from pipeline.tables import sink
 
     if max_images < 1:
         raise ValueError(f"max_images must be at least 1, not {max_images}")

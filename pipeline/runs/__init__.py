@@ -28,7 +28,6 @@ from dataclasses import replace
 
 from pyspark.sql import SparkSession
 
-from pipeline import sink
 from pipeline.config import RunConfig
 from pipeline.endpoint.auth import Credentials
 from pipeline.endpoint.pacing import NAMES
@@ -44,6 +43,7 @@ from pipeline.runs.grouped import Grouped
 from pipeline.runs.plan import sampling, still_to_do
 from pipeline.runs.single import Singles
 from pipeline.spark import executors_reach_network, get_spark, is_local
+from pipeline.tables import sink
 
 __all__ = ["RunContext", "RunResult", "context", "run"]
 

@@ -43,10 +43,10 @@ from datetime import datetime, timedelta, timezone
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from pipeline import sink
 from pipeline.interrupts import Stop, quietly
 from pipeline.runs.context import RunContext
 from pipeline.runs.plan import Batch, Entry, cut
+from pipeline.tables import sink
 
 CLAIM_FILES = 1000  # files claimed with one write (at least one whole batch)
 POLL_S = 2.0  # between looks at the units set aside, in the tail

@@ -14,7 +14,6 @@ from typing import Any
 from pyspark.sql import Column
 from pyspark.sql import functions as F
 
-from pipeline import sink
 from pipeline.config import ConfigError, RunConfig
 from pipeline.endpoint.asking import CallPlan, cost
 from pipeline.endpoint.auth import Credentials
@@ -26,6 +25,7 @@ from pipeline.images.limits import Catalog, ModelFamily, load_catalog
 from pipeline.images.prepare import largest_image_tokens
 from pipeline.outcomes import RunStatus
 from pipeline.percentiles import percentile
+from pipeline.tables import sink
 
 
 @dataclass(frozen=True)

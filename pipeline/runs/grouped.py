@@ -10,8 +10,7 @@ from typing import Any
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from pipeline import sink
-from pipeline.files import groups
+from pipeline.endpoint import groups
 from pipeline.files.source import Listing
 from pipeline.images.prepare import Rejected
 from pipeline.outcomes import Status
@@ -20,6 +19,7 @@ from pipeline.runs.callers import Ask
 from pipeline.runs.context import RunContext
 from pipeline.runs.prepare import Prepared, prepare
 from pipeline.runs.udfs import MEMBER_COLUMNS
+from pipeline.tables import sink
 
 
 class Grouped:

@@ -20,7 +20,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import StringType
 
 from pipeline.config import RunConfig
-from pipeline.files import groups
+from pipeline.endpoint import groups
 from pipeline.files.source import InputError, Listing
 from pipeline.outcomes import DONE, Status
 from pipeline.runs.context import RunContext

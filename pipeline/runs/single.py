@@ -11,7 +11,6 @@ from typing import Any
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from pipeline import sink
 from pipeline.files.source import Listing
 from pipeline.outcomes import Status
 from pipeline.runs import plan, rows
@@ -19,6 +18,7 @@ from pipeline.runs.callers import Ask
 from pipeline.runs.context import RunContext
 from pipeline.runs.prepare import Prepared, prepare
 from pipeline.runs.udfs import MEMBER_COLUMNS
+from pipeline.tables import sink
 
 # What a reused answer copies from the row that paid for it.
 STORED = ("status", "caption", "response_json", "prompt_tokens", "completion_tokens",

@@ -19,7 +19,6 @@ from typing import Any
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from pipeline import sink
 from pipeline.config import GROUP_BY_FOLDER
 from pipeline.endpoint.packing import request_room
 from pipeline.errors import RunError
@@ -29,11 +28,12 @@ from pipeline.local import sql_functions
 from pipeline.resources import sql_text
 from pipeline.runs.context import RunContext, RunResult
 from pipeline.spark import on_databricks
+from pipeline.tables import sink
 
 TEMPLATE = "caption_files.sql"
 GROUP_TEMPLATE = "caption_groups.sql"
 # `group_by: folder` as a regular expression: everything before the last '/' (the UDF path's
-# parent folder, pipeline/files/groups.py).
+# parent folder, pipeline/endpoint/groups.py).
 FOLDER_PATTERN = "^(.*)/[^/]*$"
 
 

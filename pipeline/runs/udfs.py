@@ -7,8 +7,6 @@ The asking itself is pipeline/endpoint/asking.py; here it only meets pandas and 
 from __future__ import annotations
 
 import hashlib
-import sys
-import zipimport
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future
@@ -32,6 +30,7 @@ from pipeline.endpoint.asking import CallPlan, LoopThread, Member
 from pipeline.endpoint.client import CaptionClient
 from pipeline.images.limits import InputBounds, ModelFamily
 from pipeline.images.prepare import Prepared, Rejected, prepare
+from pipeline.spark import in_worker
 
 PREPARED = StructType(
     [
@@ -68,19 +67,6 @@ GROUP_PART = StructType(
 )
 # The columns an asking task reads (group_key only for groups).
 MEMBER_COLUMNS = ("path", "mime", "image", "estimated_image_tokens")
-
-
-def in_worker() -> None:
-    """Called first in every Python task. PySpark's worker calls importlib.invalidate_caches()
-    before each task, and before Python 3.12 that makes zipimport re-read the whole of
-    pyspark.zip's directory: about 0.1 s a task. The zips on a worker's path never change
-    while it lives (files shipped later come as new paths), so that re-read is skipped."""
-    if sys.version_info < (3, 12):
-        zipimport.zipimporter.invalidate_caches = _keep_zip_directory  # type: ignore[method-assign]
-
-
-def _keep_zip_directory(self: zipimport.zipimporter) -> None:
-    return None
 
 
 def prepared_row(

@@ -12,13 +12,13 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from pyspark.sql import functions as F
 
-from pipeline import sink
 from pipeline.interrupts import Stop
 from pipeline.runs import claims as claiming
 from pipeline.runs import plan
 from pipeline.runs.claims import Claims, unit_of
 from pipeline.runs.context import context
 from pipeline.runs.plan import Batch, Entry
+from pipeline.tables import sink
 
 
 @pytest.fixture

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 
 from pipeline import runs as runner
-from pipeline import sink
 from pipeline.resources import sql_text
+from pipeline.tables import sink
 from tests import files
 
 

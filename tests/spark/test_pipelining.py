@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from pipeline import runs as runner
-from pipeline import sink
+from pipeline.tables import sink
 from tests import files
 
 

@@ -9,10 +9,10 @@ from dataclasses import replace
 import pytest
 
 from pipeline import runs as runner
-from pipeline import sink
 from pipeline.files import source
 from pipeline.runs import plan
 from pipeline.runs.context import context
+from pipeline.tables import sink
 from tests import files
 
 

@@ -9,9 +9,9 @@ from chispa import assert_df_equality
 from pyspark.sql import functions as F
 
 from pipeline import runs as runner
-from pipeline import sink
 from pipeline.files import source
 from pipeline.local.faults import Faults
+from pipeline.tables import sink
 from tests import files
 
 

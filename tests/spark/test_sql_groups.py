@@ -6,10 +6,11 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from pipeline import notebook, sink
+from pipeline import notebook
 from pipeline import runs as runner
 from pipeline.resources import sql_text
 from pipeline.runs import sql as sql_path
+from pipeline.tables import sink
 from tests import files
 from tests.spark.test_groups import product_folder
 

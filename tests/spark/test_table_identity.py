@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import cli, sink
+from pipeline import cli
+from pipeline.tables import sink
 from tests import files
 
 

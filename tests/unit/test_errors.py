@@ -13,8 +13,8 @@ from pipeline.errors import RunError, UsageError, VisionBatchError
 from pipeline.files.source import InputError
 from pipeline.images.limits import LimitsError
 from pipeline.runs.sql import SqlPathError
-from pipeline.sink import TableError
 from pipeline.spark import SessionError
+from pipeline.tables.sink import TableError
 
 RUN_ERRORS = (AuthError, EndpointError, InputError, LimitsError, SessionError, SqlPathError,
               TableError)
@@ -45,7 +45,7 @@ def test_the_command_line_turns_each_into_one_line_and_its_exit_code(
 def test_a_delta_conflict_is_retried_by_its_type_or_on_connect_by_its_text() -> None:
     from delta.exceptions import ConcurrentAppendException, MetadataChangedException
 
-    from pipeline.sink import retriable
+    from pipeline.tables.sink import retriable
 
     assert retriable(ConcurrentAppendException(message="files were added concurrently"))
     assert retriable(MetadataChangedException(message="the metadata changed"))

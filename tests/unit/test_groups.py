@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.files.groups import group_key, group_row, member_results
+from pipeline.endpoint.groups import group_key, group_row, member_results
 from pipeline.outcomes import ErrorClass, Status
 
 
