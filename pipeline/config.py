@@ -17,6 +17,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from pipeline.endpoint.groups import GROUP_BY_FOLDER
 from pipeline.endpoint.payloads import PromptSpec
 from pipeline.errors import UsageError
 
@@ -29,7 +30,6 @@ DEFAULT_GROUP_PROMPT = (
 )
 # `group_by: folder` groups files by their parent folder; anything else is a regular
 # expression whose first capture group, found in the path, is the group key.
-GROUP_BY_FOLDER = "folder"
 LOCAL_ENDPOINT = "local-reference"
 MODES = ("udf", "sql")
 # Where requests are sent from (pipeline/runs/callers.py): `auto` picks the executors where

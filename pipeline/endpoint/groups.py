@@ -13,12 +13,13 @@ import re
 from functools import lru_cache
 from typing import Any
 
-from pipeline.config import GROUP_BY_FOLDER
 from pipeline.endpoint.pacing import HELD
 from pipeline.endpoint.packing import apportion_usage
 from pipeline.endpoint.payloads import Usage
 from pipeline.outcomes import ErrorClass, Status
 
+# `--group-by folder`: each file's parent folder is its group; any other value is a regex.
+GROUP_BY_FOLDER = "folder"
 NO_GROUP = "no_group"
 USAGE = ("prompt_tokens", "completion_tokens", "total_tokens")
 

@@ -19,7 +19,7 @@ from typing import Any
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from pipeline.config import GROUP_BY_FOLDER
+from pipeline.endpoint.groups import GROUP_BY_FOLDER
 from pipeline.endpoint.packing import request_room
 from pipeline.errors import RunError
 from pipeline.files.source import InputError, Listing
