@@ -84,12 +84,12 @@ def sampled(files: DataFrame, config: RunConfig, unit: Column) -> DataFrame:
     every endpoint and prompt gets the same files, a larger sample holds a smaller one, a
     rerun asks the same files, and a group is in or out whole.
     """
-    if config.sample is None and config.sample_fraction is None:
-        return files
-    place = F.xxhash64(F.lit(config.sample_seed), unit)
     if config.sample_fraction is not None:  # the hash is a signed 64-bit value: [0, 1)
+        place = F.xxhash64(F.lit(config.sample_seed), unit)
         return files.filter((place.cast("double") + 2.0**63) / 2.0**64
                             < config.sample_fraction)
+    if config.sample is None:
+        return files
     keyed = files.withColumn("_unit", unit)
     chosen = (keyed.select("_unit").distinct()
               .orderBy(F.xxhash64(F.lit(config.sample_seed), "_unit"), "_unit")
@@ -123,10 +123,9 @@ def _with_table(files: DataFrame, rows: DataFrame | None) -> DataFrame:
 def _counted(joined: DataFrame, input_path: str) -> tuple[int, int]:
     counts = joined.agg(F.count(F.lit(1)).alias("listed"),
                         F.sum(F.col("done").cast("long")).alias("done")).first()
-    listed = int(counts["listed"]) if counts else 0
-    if listed == 0:
+    if counts is None or int(counts["listed"]) == 0:
         raise InputError(f"--input {input_path} holds no files")
-    return listed, int(counts["done"] or 0)
+    return int(counts["listed"]), int(counts["done"] or 0)
 
 
 def files(spark: SparkSession, ctx: RunContext, listing: Listing) -> Plan:
@@ -183,6 +182,7 @@ def grouped(spark: SparkSession, ctx: RunContext, listing: Listing) -> Plan:
     todo = members.unionByName(alone).join(rows.select("path", "known"), "path", "left")
     counts = todo.agg(F.count(F.lit(1)).alias("files"),
                       F.countDistinct("group_key").alias("groups")).first()
+    assert counts is not None  # an aggregate without groupBy has exactly one row
     listed = keyed.count()
     if listed == 0:
         raise InputError(f"--input {ctx.config.input} holds no files")
