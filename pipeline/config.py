@@ -152,6 +152,7 @@ class RunConfig:
                               "templates of mode sql read the whole input")
 
     def _check_group_by(self) -> None:
+        assert self.group_by is not None  # called only when group_by is set
         if self.images_per_request > 1:
             raise ConfigError(
                 "group_by and images_per_request cannot be used together: a group is already "
@@ -239,7 +240,12 @@ def load_file(path: str) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(f"--conf {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"--conf {path}: not valid YAML ({exc.problem})") from None
+        # Only a MarkedYAMLError (bad syntax) has .problem; a ReaderError (a control character
+        # in the file) says what is wrong in its first line.
+        problem = (
+            exc.problem if isinstance(exc, yaml.MarkedYAMLError) else str(exc).splitlines()[0]
+        )
+        raise ConfigError(f"--conf {path}: not valid YAML ({problem})") from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):

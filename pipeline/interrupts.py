@@ -46,7 +46,7 @@ class Stop:
     def __init__(self) -> None:
         self.signum: int | None = None
         self._event = threading.Event()
-        self._halt: Callable[[], None] | None = None
+        self._halt: Callable[[], object] | None = None
         self._halting: threading.Thread | None = None
         self.installed = False
 
@@ -68,9 +68,10 @@ class Stop:
             signal.signal(signum, self._handle)
         self.installed = True
 
-    def halting_with(self, halt: Callable[[], None] | None) -> None:
+    def halting_with(self, halt: Callable[[], object] | None) -> None:
         """What the first signal does from now on, in a thread of its own: end the work in
-        progress. None: raise Interrupted in the main thread (nothing to save yet)."""
+        progress (what `halt` returns is dropped). None: raise Interrupted in the main thread
+        (nothing to save yet)."""
         self._halt = halt
 
     def request(self, signum: int = signal.SIGINT) -> None:

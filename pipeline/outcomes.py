@@ -45,6 +45,7 @@ class ErrorClass(_Word):
     CORRUPT_IMAGE = "corrupt_image"
     DECOMPRESSION_BOMB = "decompression_bomb"
     TOO_LARGE = "too_large"
+    NO_GROUP = "no_group"  # `--group-by`: a file its rule puts in no group
     NO_VALID_IMAGE = "no_valid_image"  # a group none of whose files can be sent
     # failed: what the endpoint (or the way to it) did with the request
     RATE_LIMITED = "rate_limited"

@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from functools import lru_cache
 from importlib.metadata import version
 from pathlib import Path
+from typing import cast
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -116,6 +117,7 @@ def _parallelism(session_id: int, spark: SparkSession) -> int:
     # the JVM knows; counting the partitions it makes asks without touching the JVM.
     row = (spark.range(0, 1 << 16).select(F.spark_partition_id().alias("p"))
            .agg(F.max("p").alias("last")).first())
+    assert row is not None  # an aggregate without groupBy has exactly one row
     return int(row["last"]) + 1
 
 
@@ -180,7 +182,10 @@ def _local_connect(master: str, settings: dict[str, str]) -> SparkSession:
     port = start_connect_server(master, settings)
     os.environ["SPARK_LOCAL_REMOTE"] = "1"  # stop() then stops the local server too
     os.environ["SPARK_CONNECT_MODE_ENABLED"] = "1"
-    return ConnectSession.builder.remote(f"sc://localhost:{port}").getOrCreate()
+    session = ConnectSession.builder.remote(f"sc://localhost:{port}").getOrCreate()
+    # Not a subclass of the classic SparkSession, but the same API: PySpark's own
+    # SparkSession.builder hands it out as one too.
+    return cast(SparkSession, session)
 
 
 def start_connect_server(master: str, settings: dict[str, str] | None = None,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
-from collections.abc import Coroutine, Iterable, Iterator
+from collections.abc import Coroutine, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
@@ -200,11 +200,10 @@ async def ask(
                                cost(packed_as, sum(tokens)))
     packed = result.answer
     if packed is not None and packed.answers is not None:
-        shares = apportion_usage(packed.usage, tokens)
+        shares: Sequence[Usage | None] = apportion_usage(packed.usage, tokens) or [None] * count
         return [
             _packed_row(result, spec, answer, share, token, count)
-            for answer, share, token in zip(packed.answers, shares or [None] * count, tokens,
-                                            strict=True)
+            for answer, share, token in zip(packed.answers, shares, tokens, strict=True)
         ]
     if not result.ok and result.error_class not in FALL_BACK:
         return [failed_row(result, count) for _ in images]

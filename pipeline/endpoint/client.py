@@ -200,25 +200,26 @@ class CaptionClient:
         body (e.g. `payloads.caption_parser(...)`) and raises BadResponse when it is unusable.
         `cost` is what the request takes from the token limits, when the run has any."""
         s = self.settings
-        paced = self.pacer is not None and cost is not None
-        if paced and (why := oversized(s.limits, cost)):
+        # Paced when the run has token limits and this request says what it takes from them.
+        pacer = self.pacer if cost is not None else None
+        if pacer is not None and cost is not None and (why := oversized(s.limits, cost)):
             return CallResult(None, ErrorClass.REJECTED, why, 0, None)
         attempt = _Attempt(ErrorClass.CONNECTION_ERROR, "No attempt was made.")
         throttled = 0
         latency_ms = None
-        held = dict.fromkeys(self.pacer.windows, 0.0) if paced else {}
+        held = dict.fromkeys(pacer.windows, 0.0) if pacer is not None else {}
         for number in range(1, s.max_attempts + 1):
             await self.gate.wait()
             epoch = await self.limit.acquire()  # CancelledError once the run is stopping
             ticket: Ticket | None = None
             started = time.perf_counter()
             try:
-                if paced:
-                    ticket = await self.pacer.admit(cost)
+                if pacer is not None and cost is not None:
+                    ticket = await pacer.admit(cost)
                     for name, seconds in ticket.held_s.items():
                         held[name] += seconds
                     if self.limit.closed:  # the run stopped while this waited: it ends unsent
-                        self.pacer.settle(ticket, None)
+                        pacer.settle(ticket, None)
                         ticket = None
                         raise asyncio.CancelledError
                     started = time.perf_counter()
@@ -226,8 +227,8 @@ class CaptionClient:
             finally:
                 latency_ms = int((time.perf_counter() - started) * 1000)
                 await self.limit.release(epoch, attempt.error_class == ErrorClass.RATE_LIMITED)
-                if ticket is not None:
-                    self.pacer.settle(ticket, spent(attempt, cost))
+                if ticket is not None and pacer is not None and cost is not None:
+                    pacer.settle(ticket, spent(attempt, cost))
             if attempt.answer is not None:
                 return CallResult(attempt.answer, None, None, number, latency_ms, throttled,
                                   held)

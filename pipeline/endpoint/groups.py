@@ -20,7 +20,6 @@ from pipeline.outcomes import ErrorClass, Status
 
 # `--group-by folder`: each file's parent folder is its group; any other value is a regex.
 GROUP_BY_FOLDER = "folder"
-NO_GROUP = "no_group"
 USAGE = ("prompt_tokens", "completion_tokens", "total_tokens")
 
 

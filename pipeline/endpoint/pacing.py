@@ -88,7 +88,6 @@ def oversized(limits: TokenLimits, cost: Cost) -> str | None:
 @dataclass
 class _Entry:
     amount: float
-    at: float | None = None  # when it was settled; None while in flight (it never expires)
 
 
 class Window:
@@ -102,7 +101,9 @@ class Window:
     def __init__(self, limit: float, seconds: float) -> None:
         self.limit, self.seconds = limit, seconds
         self.used = 0.0
-        self._settled: deque[_Entry] = deque()  # in settling order, so in time order
+        # (when it was settled, entry), in settling order, so in time order; an entry in
+        # flight is not here: it never expires.
+        self._settled: deque[tuple[float, _Entry]] = deque()
 
     def add(self, amount: float) -> _Entry:
         self.used += amount
@@ -110,23 +111,23 @@ class Window:
 
     def settle(self, entry: _Entry, amount: float, now: float) -> None:
         self.used += amount - entry.amount
-        entry.amount, entry.at = amount, now
-        self._settled.append(entry)
+        entry.amount = amount
+        self._settled.append((now, entry))
 
     def wait(self, need: float, now: float) -> float | None:
         """Seconds until `need` fits: 0 now, None until an attempt in flight settles. A need
         larger than the limit (this task's share of a limit it fits) waits for an empty
         window and then goes alone."""
-        while self._settled and self._settled[0].at + self.seconds <= now:
-            self.used -= self._settled.popleft().amount
+        while self._settled and self._settled[0][0] + self.seconds <= now:
+            self.used -= self._settled.popleft()[1].amount
         need = min(need, self.limit)
         if self.used + need <= self.limit + 1e-9:
             return 0.0
         freed, excess = 0.0, self.used + need - self.limit
-        for entry in self._settled:
+        for at, entry in self._settled:
             freed += entry.amount
             if freed >= excess - 1e-9:
-                return entry.at + self.seconds - now
+                return at + self.seconds - now
         return None
 
 
@@ -159,7 +160,7 @@ class Pacer:
                 now = time.monotonic()
                 waits = {name: w.wait(cost.of(name), now) for name, w in self.windows.items()}
                 # The limit that holds the request longest is the one it waits for.
-                name = max(waits, key=lambda n: float("inf") if waits[n] is None else waits[n],
+                name = max(waits, key=lambda n: float("inf") if (w := waits[n]) is None else w,
                            default=None)
                 if name is None or waits[name] == 0.0:
                     break

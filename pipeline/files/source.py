@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import pandas as pd
@@ -64,8 +64,8 @@ def list_files(spark: SparkSession, input_path: str) -> Listing:
         # Before Spark's scan, which would follow the links (into a loop, without end).
         links = [path for path, is_link in localfs.walk(root) if is_link]
         if links:
-            files = [path for path, is_link in localfs.walk(root) if not is_link]
-            return Listing(_listed(spark, "file:", files), _skipped(input_path, root, links))
+            kept = [path for path, is_link in localfs.walk(root) if not is_link]
+            return Listing(_listed(spark, "file:", kept), _skipped(input_path, root, links))
     try:
         files = (
             spark.read.format("binaryFile")
@@ -141,7 +141,7 @@ def _empty_files(spark: SparkSession, scanned: DataFrame, input_path: str,
     return by_folder.mapInPandas(_scan_folders, _FOUND)
 
 
-def _scan_folders(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+def _scan_folders(frames: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
     """Per folder: its empty files, and every empty file under its sub-folders that lead to
     no listed file (those hold only empty or hidden files)."""
     in_worker()

@@ -57,7 +57,7 @@ class Price:
     currency: str
     source: str
 
-    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+    def cost(self, prompt_tokens: float, completion_tokens: float) -> float:  # or mean tokens
         return (prompt_tokens * self.input_per_million
                 + completion_tokens * self.output_per_million) / 1_000_000
 
@@ -174,7 +174,9 @@ def _price(raw: Any, where: str) -> Price | None:
         if not isinstance(value, str) or not value.strip():
             raise LimitsError(f"{where}.price.{key} must be a non-empty string: {value!r}")
         texts[key] = value.strip()
-    return Price(**rates, **texts)
+    return Price(input_per_million=rates["input_per_million"],
+                 output_per_million=rates["output_per_million"],
+                 currency=texts["currency"], source=texts["source"])
 
 
 def parse_catalog(raw: dict[str, Any]) -> Catalog:

@@ -14,7 +14,7 @@ import math
 import re
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from PIL import Image, ImageFilter, ImageOps, ImageStat, UnidentifiedImageError
 
@@ -162,7 +162,9 @@ def dominant_colours(img: Image.Image) -> tuple[str, ...]:
     quantized = img.quantize(colors=_PALETTE)
     palette = quantized.getpalette() or []
     shares: Counter[str] = Counter()
-    for count, index in quantized.getcolors() or []:
+    # A "P" image's colours are (count, palette index); Pillow's type covers every mode.
+    colours = cast("list[tuple[int, int]]", quantized.getcolors() or [])
+    for count, index in colours:
         rgb = tuple(palette[3 * index : 3 * index + 3])
         shares[nearest_colour(rgb)] += count  # type: ignore[arg-type]
     total = sum(shares.values()) or 1

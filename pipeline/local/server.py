@@ -464,7 +464,7 @@ class LocalEndpoint:
             now = time.monotonic()
             waits = {name: self._tallies[name].wait(need, limit, now)
                      for name, (limit, need) in needs.items() if limit is not None}
-            refused = max(waits, key=waits.get, default=None)
+            refused = max(waits, key=waits.__getitem__, default=None)
             if refused is None or waits[refused] == 0.0:
                 self._tallies["itpm"].add(tokens, now)
                 self._tallies["qph"].add(1, now)

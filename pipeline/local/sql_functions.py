@@ -26,11 +26,13 @@ import io
 import json
 import os
 from datetime import datetime
+from typing import cast
 
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 from pyspark.sql import SparkSession
 from pyspark.sql.functions import pandas_udf, udtf
+from pyspark.sql.udtf import UserDefinedTableFunction
 
 from pipeline.config import RunConfig
 from pipeline.endpoint.auth import Credentials
@@ -113,7 +115,8 @@ def ai_query_udf(credentials: Credentials, config: RunConfig):
             for client in by_endpoint.values():
                 await client.__aexit__(None, None, None)
 
-    @pandas_udf(AI_QUERY_RESULT)
+    # PySpark's stubs type only the functionType forms, not a return type with type hints.
+    @pandas_udf(AI_QUERY_RESULT)  # type: ignore[call-overload]
     def ai_query(
         endpoint: pd.Series,
         request: pd.Series,
@@ -154,7 +157,9 @@ def register(spark: SparkSession, credentials: Credentials, config: RunConfig) -
     """Register `read_files` and `ai_query` in a local session (never on Databricks)."""
     # Wrapped here, not where the class is defined: the wrapper is a classic or a Spark
     # Connect UDTF depending on the session, which exists only now.
-    spark.udtf.register("read_files", udtf(ReadFiles, returnType=READ_FILES_SCHEMA))
+    # Given a class, udtf() returns the UDTF; its type also covers udtf() used as a decorator.
+    read_files = cast(UserDefinedTableFunction, udtf(ReadFiles, returnType=READ_FILES_SCHEMA))
+    spark.udtf.register("read_files", read_files)
     # Nondeterministic: Delta's MERGE then materializes its source once instead of calling
     # the endpoint again when it reads the source a second time.
     spark.udf.register("ai_query", ai_query_udf(credentials, config).asNondeterministic())

@@ -19,7 +19,7 @@ sampling (the gallery's sample), thumbnails, charts (inline SVG) and page (the H
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -183,7 +183,7 @@ def gallery_rows(spark: SparkSession, captions: DataFrame,
     return [r.asDict() for r in picked.select(*present).collect()]
 
 
-def read_previews(spark: SparkSession, rows: list[Mapping[str, Any]],
+def read_previews(spark: SparkSession, rows: Sequence[Mapping[str, Any]],
                   bounds: InputBounds) -> dict[str, Preview]:
     """Thumbnails made on executors from the files as they are now; a file gone is
     "file not found", never an error."""
@@ -195,7 +195,8 @@ def read_previews(spark: SparkSession, rows: list[Mapping[str, Any]],
         return {}
     max_pixels = bounds.max_pixels
 
-    @pandas_udf("jpeg BINARY, sha256 STRING")
+    # PySpark's stubs type only the functionType forms, not a return type with type hints.
+    @pandas_udf("jpeg BINARY, sha256 STRING")  # type: ignore[call-overload]
     def previews(contents: pd.Series) -> pd.DataFrame:
         made = [preview(bytes(c), max_pixels) for c in contents]
         return pd.DataFrame({"jpeg": [m.jpeg for m in made], "sha256": [m.sha256 for m in made]})

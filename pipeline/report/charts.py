@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import html
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple
 
@@ -17,7 +17,7 @@ from pipeline.percentiles import percentile
 from pipeline.report.sampling import PROBLEMS
 from pipeline.report.totals import Totals
 
-COLORS = {Status.OK: "#1a7f37", Status.INVALID: "#b86e00", Status.FAILED: "#cf222e"}
+COLORS: dict[str, str] = {Status.OK: "#1a7f37", Status.INVALID: "#b86e00", Status.FAILED: "#cf222e"}
 NEUTRAL = "#0969da"
 
 
@@ -131,7 +131,7 @@ def _legend(series: Iterable[tuple[str, str]]) -> str:
 
 
 def _column_chart(label: str, columns: list[tuple[str, list[tuple[str, int]]]],
-                  tick_labels: list[tuple[int, str]], x_label: str, y_label: str,
+                  tick_labels: Sequence[tuple[float, str]], x_label: str, y_label: str,
                   colors: Mapping[str, str]) -> str:
     """Stacked columns: one per (tooltip, [(series, count)]), labels at column boundaries."""
     plot_w = CHART_W - MARGIN_L - MARGIN_R
@@ -141,7 +141,7 @@ def _column_chart(label: str, columns: list[tuple[str, list[tuple[str, int]]]],
     width = plot_w / max(1, len(columns))
     base_y = MARGIN_T + plot_h
     for i, (tip, stack) in enumerate(columns):
-        y = base_y
+        y: float = base_y
         total = sum(c for _, c in stack)
         detail = ", ".join(f"{c:,} {s}" for s, c in stack if c) or "0"
         for series, count in stack:
@@ -186,7 +186,9 @@ def histogram_chart(title: str, series: Mapping[str, list[int]], unit: str, x_la
             tip = f"≥ {compact(b.edges[-1])} {unit}"
         columns.append((tip, [(name, per_series[name][i]) for name in series]))
     every = max(1, math.ceil(regular / 6))
-    ticks = [(i, compact(b.edges[i])) for i in range(0, regular + 1, every)]
+    # At column boundaries; the overflow column's label sits in its middle.
+    ticks: list[tuple[float, str]] = [(i, compact(b.edges[i]))
+                                      for i in range(0, regular + 1, every)]
     if b.overflow:
         ticks.append((regular + 0.5, f">{compact(b.edges[-1])}"))
     shown = {name: colors[name] for name, vs in series.items() if vs}

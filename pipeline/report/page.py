@@ -10,8 +10,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import math
-from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -183,7 +183,7 @@ def _money(value: float, currency: str) -> str:
     return f"{text} {currency}"
 
 
-def latest_run(runs: list[Mapping[str, Any]], run_id: str | None) -> Mapping[str, Any] | None:
+def latest_run(runs: Sequence[Mapping[str, Any]], run_id: str | None) -> Mapping[str, Any] | None:
     if run_id is not None:
         return next((r for r in runs if r.get("run_id") == run_id), None)
     epoch = datetime.min.replace(tzinfo=timezone.utc)
@@ -229,7 +229,8 @@ def figures(totals: Totals, run: Mapping[str, Any] | None, family_costs: list[Fa
 def _cost_box(family_costs: list[FamilyCost]) -> str:
     if not family_costs:
         return _figure_box("estimated cost", "–", "no rows made requests", "wide")
-    items, sums = [], Counter()
+    items: list[str] = []
+    sums: defaultdict[str, float] = defaultdict(float)  # by currency
     for fc in family_costs:
         tokens = f"{fc.usage.total_tokens:,} tokens"
         if fc.price is None:
@@ -246,7 +247,7 @@ def _cost_box(family_costs: list[FamilyCost]) -> str:
     return _figure_box("estimated cost", value, detail, "wide")
 
 
-def runs_table(runs: list[Mapping[str, Any]], selected: str | None) -> str:
+def runs_table(runs: Sequence[Mapping[str, Any]], selected: str | None) -> str:
     if not runs:
         return '<p class="note">No run recorded in the runs table.</p>'
     epoch = datetime.min.replace(tzinfo=timezone.utc)
@@ -362,7 +363,7 @@ def _thumb_markup(row: Mapping[str, Any], found: Preview | None, allowed: bool) 
     return f'<figure class="thumb"><div class="placeholder">{esc(note)}</div></figure>'
 
 
-def gallery(rows: list[Mapping[str, Any]], previews: Mapping[str, Any], totals: Totals,
+def gallery(rows: Sequence[Mapping[str, Any]], previews: Mapping[str, Any], totals: Totals,
             scope: Scope, budget: int) -> tuple[str, int]:
     """The filter buttons, the sampling note and the cards; and how many thumbnails it holds.
     Thumbnails are embedded in gallery order while they fit in `budget` bytes."""
@@ -388,8 +389,8 @@ def gallery(rows: list[Mapping[str, Any]], previews: Mapping[str, Any], totals: 
     buttons.append(f'<span class="note"><span id="visible">{len(rows):,}</span> cards shown'
                    "</span>")
     notes = [sampling_note(totals.statuses, shown, scope)]
-    left_out = sum(1 for r in rows if found[str(r.get("path"))] is not None
-                   and found[str(r.get("path"))].jpeg) - embedded
+    in_order = (found[str(r.get("path"))] for r in rows)
+    left_out = sum(1 for preview in in_order if preview is not None and preview.jpeg) - embedded
     if left_out > 0:
         notes.append(f"{left_out:,} thumbnails were left out to keep the page under "
                      f"{PAGE_BUDGET_BYTES / 1e6:.0f} MB.")
@@ -415,8 +416,8 @@ def sampling_note(counts: Mapping[str, int], shown: Mapping[str, int], scope: Sc
             "every row.")
 
 
-def page(totals: Totals, gallery_rows: list[Mapping[str, Any]], previews: Mapping[str, Any],
-         runs: list[Mapping[str, Any]], scope: Scope, catalog: Catalog) -> Page:
+def page(totals: Totals, gallery_rows: Sequence[Mapping[str, Any]], previews: Mapping[str, Any],
+         runs: Sequence[Mapping[str, Any]], scope: Scope, catalog: Catalog) -> Page:
     """The whole HTML document."""
     run = latest_run(runs, scope.run_id)
     when = utc(scope.generated_at or datetime.now(timezone.utc))

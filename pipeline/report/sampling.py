@@ -53,7 +53,7 @@ def quotas(counts: Mapping[str, int], limit: int,
     one side cannot use goes to the other."""
     if sum(counts.values()) <= limit:
         return dict(counts)
-    problems = {s: counts.get(s, 0) for s in PROBLEMS}
+    problems: dict[str, int] = {s: counts.get(s, 0) for s in PROBLEMS}
     others = {s: n for s, n in counts.items() if s not in PROBLEMS}
     cap = max(1, int(limit * problem_share)) if sum(others.values()) else limit
     quota = water_fill(problems, min(cap, limit))

@@ -273,7 +273,7 @@ class Recorder:
             "images_per_s": r.images_per_s,
             "latency_p50_ms": r.latency_p50_ms,
             "latency_p95_ms": r.latency_p95_ms,
-            **{f"waited_{name}_s": round(r.waited[name], 1) for name in NAMES},
+            **{f"waited_{name}_s": round(r.waited.get(name, 0.0), 1) for name in NAMES},
             "error_message": error,
             "config_json": json.dumps(ctx.config.public(), sort_keys=True, default=str),
         }

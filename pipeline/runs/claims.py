@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
@@ -168,6 +169,7 @@ class Claims:
         if _tidies(self.ctx.run_id):
             gone = self._long_gone()
             if gone:
+                assert self._tables is not None  # _write above needed them too
                 sink.forget_claims(self.spark, self._tables, gone)
 
     def said(self) -> list[str]:
@@ -264,7 +266,7 @@ class Claims:
         until = expires or datetime.now(timezone.utc) + timedelta(seconds=self.lease)
         base = {"endpoint": self.ctx.endpoint, "prompt_id": self.ctx.prompt_id,
                 "run_id": self.ctx.run_id}
-        rows = [{**base, "unit": u, "expires_at": None} for u in units]
+        rows: list[dict[str, Any]] = [{**base, "unit": u, "expires_at": None} for u in units]
         rows.append({**base, "unit": None, "expires_at": _micros(until)})
         with self._written:
             sink.insert_claims(self.spark, self._tables, rows)

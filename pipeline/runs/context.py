@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 import uuid
 from array import array
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -151,7 +151,7 @@ class RunResult:
     seconds: float = 0.0
     status: RunStatus = RunStatus.RUNNING
     # Seconds the run's requests were held back by each token or query limit (HELD).
-    waited: Counter = field(default_factory=Counter)
+    waited: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
     # (batch, stage, start, end) in seconds since `started`: where the time went.
     timeline: list[tuple[int, str, float, float]] = field(default_factory=list)
     _shares: float = 0.0

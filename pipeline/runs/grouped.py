@@ -13,10 +13,11 @@ from pyspark.sql import functions as F
 from pipeline.endpoint import groups
 from pipeline.files.source import Listing
 from pipeline.images.prepare import Rejected
-from pipeline.outcomes import Status
+from pipeline.outcomes import ErrorClass, Status
 from pipeline.runs import plan, rows
 from pipeline.runs.callers import Ask
 from pipeline.runs.context import RunContext
+from pipeline.runs.plan import Batch  # in the class, `plan` names its method
 from pipeline.runs.prepare import Prepared, prepare
 from pipeline.runs.udfs import MEMBER_COLUMNS
 from pipeline.tables import sink
@@ -35,9 +36,9 @@ class Grouped:
     def plan(self, listing: Listing) -> plan.Plan:
         return plan.grouped(self.spark, self.ctx, listing)
 
-    def prepare(self, batch: plan.Batch) -> Prepared:
+    def prepare(self, batch: Batch) -> Prepared:
         message = groups.no_group_message(self.ctx.config.group_by or "")
-        refused = {e.path: Rejected(groups.NO_GROUP, message)
+        refused = {e.path: Rejected(ErrorClass.NO_GROUP, message)
                    for e in batch.entries if e.group_key is None}
         return prepare(self.spark, self.ctx, batch, refused)
 

@@ -114,7 +114,7 @@ def drive(path: RunPath, plan: Plan, caller: Caller, result: RunResult,
                 finally:
                     prepared.release()  # the images are asked about, or never will be
                 answers.add_done_callback(
-                    lambda _, n=prepared.batch.number, t=asked_at: _stamp(result, n, "ask", t))
+                    _stamp_when_done(result, prepared.batch.number, "ask", asked_at))
                 committer.submit(prepared, answers)
             committer.finish()
         except BaseException:
@@ -228,6 +228,12 @@ def _nothing() -> Future:
 
 def _stamp(result: RunResult, batch: int, stage: str, began: float) -> None:
     result.timeline.append((batch, stage, began, time.time() - result.started))
+
+
+def _stamp_when_done(result: RunResult, batch: int, stage: str,
+                     began: float) -> Callable[[Future], None]:
+    """A future's done-callback stamping the stage's end (its arguments bound now)."""
+    return lambda _: _stamp(result, batch, stage, began)
 
 
 class Ahead:

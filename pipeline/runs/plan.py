@@ -22,7 +22,7 @@ from pyspark.sql.types import StringType
 from pipeline.config import RunConfig
 from pipeline.endpoint import groups
 from pipeline.files.source import InputError, Listing
-from pipeline.outcomes import DONE, Status
+from pipeline.outcomes import DONE, ErrorClass, Status
 from pipeline.runs.context import RunContext
 
 # Range partitions of the stream; each holds about one batch, so the driver reads one at a
@@ -85,12 +85,12 @@ def sampled(files: DataFrame, config: RunConfig, unit: Column) -> DataFrame:
     every endpoint and prompt gets the same files, a larger sample holds a smaller one, a
     rerun asks the same files, and a group is in or out whole.
     """
-    if config.sample is None and config.sample_fraction is None:
-        return files
-    place = F.xxhash64(F.lit(config.sample_seed), unit)
     if config.sample_fraction is not None:  # the hash is a signed 64-bit value: [0, 1)
+        place = F.xxhash64(F.lit(config.sample_seed), unit)
         return files.filter((place.cast("double") + 2.0**63) / 2.0**64
                             < config.sample_fraction)
+    if config.sample is None:
+        return files
     keyed = files.withColumn("_unit", unit)
     chosen = (keyed.select("_unit").distinct()
               .orderBy(F.xxhash64(F.lit(config.sample_seed), "_unit"), "_unit")
@@ -124,10 +124,9 @@ def _with_table(files: DataFrame, rows: DataFrame | None) -> DataFrame:
 def _counted(joined: DataFrame, input_path: str) -> tuple[int, int]:
     counts = joined.agg(F.count(F.lit(1)).alias("listed"),
                         F.sum(F.col("done").cast("long")).alias("done")).first()
-    listed = int(counts["listed"]) if counts else 0
-    if listed == 0:
+    if counts is None or int(counts["listed"]) == 0:
         raise InputError(f"--input {input_path} holds no files")
-    return listed, int(counts["done"] or 0)
+    return int(counts["listed"]), int(counts["done"] or 0)
 
 
 def files(spark: SparkSession, ctx: RunContext, listing: Listing) -> Plan:
@@ -178,12 +177,13 @@ def grouped(spark: SparkSession, ctx: RunContext, listing: Listing) -> Plan:
                        _rows_here(spark, ctx))
     # A file no group takes is done once recorded as such (unchanged).
     alone = (keyed.filter(F.col("group_key").isNull())
-             .join(rows.filter(F.col("done") & (F.col("error_class") == groups.NO_GROUP))
+             .join(rows.filter(F.col("done") & (F.col("error_class") == ErrorClass.NO_GROUP))
                    .select("path"), "path", "left_anti")
              .withColumn("fingerprint", F.lit(None).cast("string")))
     todo = members.unionByName(alone).join(rows.select("path", "known"), "path", "left")
     counts = todo.agg(F.count(F.lit(1)).alias("files"),
                       F.countDistinct("group_key").alias("groups")).first()
+    assert counts is not None  # an aggregate without groupBy has exactly one row
     listed = keyed.count()
     if listed == 0:
         raise InputError(f"--input {ctx.config.input} holds no files")
@@ -252,7 +252,7 @@ def still_to_do(spark: SparkSession, ctx: RunContext, entries: list[Entry],
                               F.timestamp_micros("modified_us").alias("modificationTime"))
         joined = _with_table(listed, rows.filter(F.col("path").isin(paths)))
         if by_group:  # a file outside every group is done once recorded as such
-            joined = joined.filter(F.col("error_class") == groups.NO_GROUP)
+            joined = joined.filter(F.col("error_class") == ErrorClass.NO_GROUP)
         done |= {r["path"] for r in joined.filter("done").select("path").collect()}
     if by_group:
         keys = sorted({e.group_key for e in entries if e.group_key is not None})

@@ -46,6 +46,7 @@ def invalid(ctx: RunContext, entry: Entry, facts: dict[str, Any] | None,
                    format=rejected.format, width=rejected.width, height=rejected.height,
                    estimated_image_tokens=0)
     else:
+        assert facts is not None, "refused by preparation: its facts say why"
         row.update(error_class=facts["error_class"], error_message=facts["error_message"])
     return row
 

@@ -16,6 +16,7 @@ from pipeline.outcomes import Status
 from pipeline.runs import plan, rows
 from pipeline.runs.callers import Ask
 from pipeline.runs.context import RunContext
+from pipeline.runs.plan import Batch  # in the class, `plan` names its method
 from pipeline.runs.prepare import Prepared, prepare
 from pipeline.runs.udfs import MEMBER_COLUMNS
 from pipeline.tables import sink
@@ -73,7 +74,7 @@ class Singles:
         self._look = planned.answers
         return planned
 
-    def prepare(self, batch: plan.Batch) -> Prepared:
+    def prepare(self, batch: Batch) -> Prepared:
         prepared = prepare(self.spark, self.ctx, batch)
         prepared.known = self._known(prepared)
         return prepared

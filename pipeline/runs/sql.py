@@ -69,6 +69,7 @@ def _common(ctx: RunContext) -> dict[str, Any]:
 
 def parameters(ctx: RunContext) -> dict[str, Any]:
     """Values for every marker of sql/caption_files.sql; bound, never formatted into text."""
+    assert ctx.tables is not None, "a dry run runs no SQL"
     spec = ctx.spec
     response_format = None
     if spec.response_schema is not None:
@@ -87,6 +88,7 @@ def parameters(ctx: RunContext) -> dict[str, Any]:
 def group_parameters(ctx: RunContext) -> dict[str, Any]:
     """Values for every marker of sql/caption_groups.sql. A --group-by regex is bound as it
     is: Java's regex dialect runs it, so it should keep to what Python's re reads alike."""
+    assert ctx.tables is not None, "a dry run runs no SQL"
     rule = ctx.config.group_by
     return {
         "groups_table": ctx.tables.groups,

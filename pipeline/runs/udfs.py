@@ -98,7 +98,8 @@ def outcome_row(result: Prepared | Rejected, family: ModelFamily, sha256: str | 
 
 
 def prepare_udf(family: ModelFamily, bounds: InputBounds, max_bytes: int):
-    @pandas_udf(PREPARED)
+    # PySpark's stubs type only the functionType forms, not a return type with type hints.
+    @pandas_udf(PREPARED)  # type: ignore[call-overload]
     def prepare_images(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
         in_worker()
         for contents in batches:

@@ -196,7 +196,7 @@ def find(spark: SparkSession, table: str) -> Tables | None:
         return None
     tables = resolve(spark, table)
     runs = tables.sibling("_runs")
-    if is_delta(spark, runs):
+    if runs is not None and is_delta(spark, runs):  # a path table: runs is its sibling's path
         _register(spark, tables.runs, runs)
     return tables
 
@@ -318,7 +318,9 @@ def ddl_schema(ddl_file: str) -> StructType:
     """The columns a CREATE TABLE file in sql/ declares (needs an active Spark session)."""
     text = sql_text(ddl_file)
     start = text.index("(", text.index(")", text.index("IDENTIFIER("))) + 1
-    return _parse_datatype_string(text[start: text.rindex(") USING DELTA")])
+    schema = _parse_datatype_string(text[start: text.rindex(") USING DELTA")])
+    assert isinstance(schema, StructType)  # a list of columns parses as a struct
+    return schema
 
 
 def _adopt(spark: SparkSession, table: str, ddl_file: str, shown: str) -> StructType:

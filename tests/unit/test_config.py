@@ -111,6 +111,10 @@ def test_an_input_token_limit_below_one_request_stops_the_command_before_anythin
 def test_not_yaml_and_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not valid YAML"):
         build({}, write(tmp_path, "a: [1\n"))
+    # A control character is a ReaderError, which has no .problem (it once raised
+    # AttributeError here).
+    with pytest.raises(ConfigError, match=r"not valid YAML \(unacceptable character #x0007"):
+        build({}, write(tmp_path, "a: \x07\n"))
     with pytest.raises(ConfigError, match="No such file"):
         build({}, str(tmp_path / "missing.yml"))
 
