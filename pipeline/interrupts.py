@@ -8,9 +8,10 @@ one line. Rows already committed are Delta commits, so nothing committed is ever
 rerun resumes from them.
 
 What "stop" does depends on where the run is, so the run tells `Stop` how to halt
-(`halting_with`): before Spark is up there is nothing to save and the signal raises at once;
-before the first request, Spark's running work is interrupted; during the batch loop, the
-loop's own halt lets answers in and merges before interrupting Spark.
+(`halting_with`): while Spark starts, the stop waits for it to be up (a JVM whose launch is
+cut short outlives the process); then, with nothing to save yet, the run ends at once; before
+the first request, Spark's running work is interrupted; during the batch loop, the loop's own
+halt lets answers in and merges before interrupting Spark.
 """
 
 from __future__ import annotations

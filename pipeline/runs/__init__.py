@@ -64,10 +64,17 @@ def run(
     stop = stop or Stop()
     ctx = context(config, credentials)  # settings errors come before Spark starts
     before_spark = time.time()
+    # A signal must not raise inside PySpark's launch of the JVM: PySpark would delete the
+    # file the JVM reports to, and the JVM, half started, would outlive this process. So a
+    # stop while Spark starts waits for it to be up (seconds), then ends the run.
+    stop.halting_with(only_mark)
     spark = spark or get_spark(kind=config.spark)
     spark_seconds = time.time() - before_spark
     if stop.installed:
         stop.install()  # again: a classic SparkContext has just put in its own SIGINT handler
+    if stop.requested:
+        raise Interrupted(stop.signum or signal.SIGINT)
+    stop.halting_with(None)  # until there is work to halt, a signal raises at once
     result = RunResult(ctx.run_id, sink.named(config.table).display, started=started,
                        spark_seconds=spark_seconds)
     result.timeline.append((0, "spark", before_spark - started, result.tick()))

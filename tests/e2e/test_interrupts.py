@@ -4,12 +4,14 @@ rerun finishes the job with one row per file."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from pipeline.runs.loop import IN_FLIGHT
@@ -130,6 +132,23 @@ def interrupted_then_resumed(spark, serve, tmp_path, signum: int, *extra: str,
     assert statuses == sorted(["interrupted", "succeeded"] + (["running"] if twice else []))
 
 
+def left_behind(group: int, within_s: float) -> list[str]:
+    """The processes still in a process group once `within_s` has passed (fewer: as soon as
+    none is left)."""
+    deadline = time.monotonic() + within_s
+    while True:
+        alive = []
+        for process in psutil.process_iter(["cmdline"]):
+            try:
+                if os.getpgid(process.pid) == group:
+                    alive.append(" ".join(process.info["cmdline"] or [])[:120])
+            except (ProcessLookupError, psutil.Error):
+                pass
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.2)
+
+
 def test_ctrl_c_before_the_first_request_exits_at_once_with_one_line_and_pays_nothing(
     serve, tmp_path
 ) -> None:
@@ -138,11 +157,17 @@ def test_ctrl_c_before_the_first_request_exits_at_once_with_one_line_and_pays_no
     endpoint, creds = serve(endpoint_name=ENDPOINT)
     token = creds.headers.reveal().split("Bearer ", 1)[1]
     run = launch(tmp_path / "in", table, endpoint.url, token)
-    time.sleep(3)  # the command is up; Spark is starting, or the run planning
-    seconds, out, err = stopped(run, signal.SIGINT)
-    assert run.returncode == 130, err
-    assert seconds < 15, f"took {seconds:.1f} s to stop"
-    one_line(err, "vision-batch: error: interrupted by SIGINT")
-    assert endpoint.stats()["requests"] == 0
-    if (table / "_delta_log").exists():  # Spark was up: the run says it was interrupted
-        assert "saved 0 rows" in err
+    try:
+        time.sleep(3)  # the command is up; Spark is starting, or the run planning
+        seconds, out, err = stopped(run, signal.SIGINT)
+        assert run.returncode == 130, err
+        assert seconds < 15, f"took {seconds:.1f} s to stop"
+        one_line(err, "vision-batch: error: interrupted by SIGINT")
+        assert endpoint.stats()["requests"] == 0
+        if (table / "_delta_log").exists():  # Spark was up: the run says it was interrupted
+            assert "saved 0 rows" in err
+        # Its JVM ends with it: a signal during the JVM's launch once left it running.
+        assert not left_behind(run.pid, within_s=20)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(run.pid, signal.SIGKILL)
