@@ -181,7 +181,7 @@ def _prepare_open(
     if unchanged:
         return Prepared(fmt, width, height, content, _MIME[fmt], width, height)
     try:
-        flat = _to_rgb_or_l(ImageOps.exif_transpose(img) if orientation > 1 else img)
+        flat = to_rgb_or_l(ImageOps.exif_transpose(img) if orientation > 1 else img)
     except (OSError, ValueError) as exc:
         return Rejected(ErrorClass.CORRUPT_IMAGE, f"The {fmt} data cannot be decoded ({exc}).", fmt)
     return _encode_to_fit(flat, fmt, width, height, (goal_w, goal_h), family, max_bytes)
@@ -194,7 +194,7 @@ def _orientation(img: Image.Image) -> int:
         return 1
 
 
-def _to_rgb_or_l(img: Image.Image) -> Image.Image:
+def to_rgb_or_l(img: Image.Image) -> Image.Image:
     """Flatten any mode to 8-bit RGB or L: alpha onto white, 16-bit scaled, CMYK converted."""
     mode = img.mode
     if mode in ("RGB", "L"):

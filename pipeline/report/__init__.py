@@ -13,7 +13,9 @@ caption that slipped past escaping still could neither run nor fetch anything.
 
 The pure parts live in modules named after what they hold: totals (tallying every row, costs),
 sampling (the gallery's sample), thumbnails, charts (inline SVG) and page (the HTML document,
-`render_report`). This module is the Spark edge, and re-exports what callers use.
+`render_report`). This module is the Spark edge, and re-exports what callers use. Its edge
+functions import PySpark and the table modules themselves (not to dodge a cycle: there is
+none), so importing the package for the pure page costs no PySpark import.
 """
 
 from __future__ import annotations

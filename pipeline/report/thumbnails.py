@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 from PIL import Image, ImageOps
 
+from pipeline.images.prepare import to_rgb_or_l  # the pipeline's one mode-flattening rule
 from pipeline.outcomes import ErrorClass
 
 THUMBNAIL_SIDE = 160  # px, long side: sharp in a 160 px card slot, ~3-9 KB as JPEG
@@ -35,8 +36,6 @@ def thumbnail(content: bytes | None, max_pixels: int, side: int = THUMBNAIL_SIDE
               quality: int = THUMBNAIL_QUALITY) -> bytes | None:
     """A JPEG whose long side is at most `side` px: EXIF-oriented, any mode flattened to RGB.
     None when the bytes do not decode (or claim more than `max_pixels`): never an error."""
-    from pipeline.images.prepare import _to_rgb_or_l  # the pipeline's one mode-flattening rule
-
     if not content:
         return None
     try:
@@ -46,7 +45,7 @@ def thumbnail(content: bytes | None, max_pixels: int, side: int = THUMBNAIL_SIDE
             # JPEGs decode at 1/2..1/8 scale straight from the DCT: fast even for big photos.
             img.draft("RGB", (side, side))
             oriented = ImageOps.exif_transpose(img)
-            flat = _to_rgb_or_l(oriented).convert("RGB")
+            flat = to_rgb_or_l(oriented).convert("RGB")
             flat.thumbnail((side, side), Image.Resampling.LANCZOS)
             out = io.BytesIO()
             flat.save(out, "JPEG", quality=quality, optimize=True)
