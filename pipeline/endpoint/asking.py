@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
-from collections.abc import Coroutine, Iterable, Iterator, Sequence
+from collections.abc import Coroutine, Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
@@ -153,15 +153,25 @@ def failed_row(result: CallResult, images: int = 1) -> dict:
     }
 
 
+def reported(usage: Usage) -> bool:
+    return usage.prompt_tokens is not None and usage.completion_tokens is not None
+
+
+def estimated(spec: PromptSpec, image_tokens: int, answers: Iterable[Any]) -> Usage:
+    """What a request whose answer reported no usage is taken to have cost: its prompt text
+    once and its images in, the text of its answers out."""
+    prompt = image_tokens + text_tokens(spec.prompt)
+    completion = sum(text_tokens(a.response_json or a.caption) for a in answers)
+    return Usage(prompt, completion, prompt + completion)
+
+
 def caption_row(result: CallResult, spec: PromptSpec, image_tokens: int) -> dict:
     if not result.ok:
         return failed_row(result)
     answer = result.answer
     usage, source = answer.usage, "endpoint"
-    if usage.prompt_tokens is None or usage.completion_tokens is None:
-        prompt = image_tokens + text_tokens(spec.prompt)
-        completion = text_tokens(answer.response_json or answer.caption)
-        usage, source = type(usage)(prompt, completion, prompt + completion), "estimated"
+    if not reported(usage):
+        usage, source = estimated(spec, image_tokens, [answer]), "estimated"
     return {
         **held(result),
         "status": Status.OK, "caption": answer.caption, "response_json": answer.response_json,
@@ -200,9 +210,14 @@ async def ask(
                                cost(packed_as, sum(tokens)))
     packed = result.answer
     if packed is not None and packed.answers is not None:
-        shares: Sequence[Usage | None] = apportion_usage(packed.usage, tokens) or [None] * count
+        usage, source = packed.usage, "apportioned"
+        if not reported(usage):  # estimated for the request (its prompt once), then shared
+            usage = estimated(packed_as, sum(tokens), packed.answers)
+            source = "estimated"
+        shares = apportion_usage(usage, tokens)
+        assert shares is not None  # usage has both counts
         return [
-            _packed_row(result, spec, answer, share, token, count)
+            _packed_row(result, spec, answer, share, token, count, source)
             for answer, share, token in zip(packed.answers, shares, tokens, strict=True)
         ]
     if not result.ok and result.error_class not in FALL_BACK:
@@ -216,15 +231,14 @@ async def ask(
     ]
 
 
-def _packed_row(
-    result: CallResult, spec: PromptSpec, answer, share: Usage | None, token: int, count: int
-) -> dict:
-    """A row answered inside a packed request: its answer, its share of the usage."""
-    single = CallResult(replace(answer, usage=share or Usage(None, None, None)), None, None,
+def _packed_row(result: CallResult, spec: PromptSpec, answer: Any, share: Usage, token: int,
+                count: int, source: str) -> dict:
+    """A row answered inside a packed request: its answer, its share of the usage (reported,
+    or estimated for the whole request)."""
+    single = CallResult(replace(answer, usage=share), None, None,
                         result.attempts, result.latency_ms, result.throttled, result.held_s)
     row = caption_row(single, spec, token)
-    if share is not None:
-        row["usage_source"] = "apportioned"
+    row["usage_source"] = source
     row["request_share"] = result.attempts / count
     return {**row, **held(result, count)}
 

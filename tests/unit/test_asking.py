@@ -132,6 +132,20 @@ def test_an_answer_without_usage_gets_tokens_estimated_from_prompt_image_and_cap
     assert row["total_tokens"] == row["prompt_tokens"] + row["completion_tokens"]
 
 
+def test_a_pack_without_usage_is_estimated_once_for_the_request_then_shared() -> None:
+    rows = asked(plan(images_per_request=4), FakeClient(MEMBERS, usage=False), MEMBERS)
+    assert {r["usage_source"] for r in rows} == {"estimated"}
+    # The packed prompt is counted once for the request, not once per image.
+    prompt = text_tokens(packed_spec(SPEC, 4).prompt) + sum(TOKENS)
+    assert sum(r["prompt_tokens"] for r in rows) == prompt
+    assert sum(r["completion_tokens"] for r in rows) == sum(
+        text_tokens(f"caption of {p}") for p in PATHS)
+    assert sum(r["total_tokens"] for r in rows) == sum(
+        r["prompt_tokens"] + r["completion_tokens"] for r in rows)
+    heaviest = max(rows, key=lambda r: r["prompt_tokens"])
+    assert heaviest["path"] == PATHS[TOKENS.index(max(TOKENS))]
+
+
 def test_a_pack_is_one_request_and_each_row_gets_its_own_answer_and_usage_share() -> None:
     client = FakeClient(MEMBERS, held_s={"itpm": 2.0})
     rows = asked(plan(images_per_request=4), client, MEMBERS)
