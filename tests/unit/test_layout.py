@@ -60,3 +60,14 @@ def test_the_packages_import_one_another_without_a_cycle() -> None:
     for node in sorted(graph):
         visit(node)
     assert Path(REPO / "pipeline" / "runs").is_dir() and "runs" in graph
+
+
+def test_the_pure_stages_import_no_spark() -> None:
+    """images/ and endpoint/ run the same inside a Spark task and on the driver (and in the
+    unit tier): they must not need PySpark."""
+    for package in ("images", "endpoint"):
+        for path in (REPO / "pipeline" / package).glob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                         else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+                assert not any(n.split(".")[0] == "pyspark" for n in names), path
