@@ -15,7 +15,7 @@ STARTED = time.time()  # the command's start: every duration a run reports count
 import argparse  # noqa: E402
 import secrets  # noqa: E402
 import sys  # noqa: E402
-from collections.abc import Iterator, Mapping  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
 from dataclasses import replace  # noqa: E402
 from typing import TYPE_CHECKING  # noqa: E402
@@ -31,7 +31,6 @@ from pipeline.errors import RunError, UsageError  # noqa: E402
 from pipeline.images.limits import load_catalog  # noqa: E402
 from pipeline.interrupts import Interrupted, Stop  # noqa: E402
 from pipeline.local import command as serve_local  # noqa: E402
-from pipeline.outcomes import Status  # noqa: E402
 from pipeline.resources import samples_dir  # noqa: E402
 
 if TYPE_CHECKING:
@@ -264,18 +263,14 @@ def interrupted(exc: Interrupted) -> str:
     if r is None:
         return f"interrupted by {name} before any work was saved"
     return (f"interrupted by {name}: run {r.run_id} saved {r.written} rows "
-            f"({_counts(r.statuses)}) in {r.table}; a rerun resumes from there")
-
-
-def _counts(statuses: Mapping[str, int]) -> str:
-    return ", ".join(f"{statuses.get(s, 0)} {s}" for s in Status)
+            f"({progress.counts(r.statuses)}) in {r.table}; a rerun resumes from there")
 
 
 def summary(r: RunResult) -> str:
     lines = [
         f"run {r.run_id}: {r.status} in {r.seconds:.1f} s "
         f"(of which {r.spark_seconds:.1f} s starting Spark)",
-        f"  files   {r.listed} listed, {r.skipped} already done, {_counts(r.statuses)}",
+        f"  files   {r.listed} listed, {r.skipped} already done, {progress.counts(r.statuses)}",
     ]
     if r.error_classes:
         lines.append(

@@ -13,6 +13,12 @@ from pipeline.outcomes import Status
 from pipeline.spark import on_databricks
 
 
+def counts(statuses: Mapping[str, int]) -> str:
+    """Counts by status, of files or of groups, every status named: "12 ok, 0 invalid,
+    1 failed"."""
+    return ", ".join(f"{statuses.get(s, 0)} {s}" for s in Status)
+
+
 @dataclass(frozen=True)
 class Update:
     """One progress report: `planned` once the input is listed, `batch` after each MERGE."""
@@ -40,12 +46,11 @@ class Update:
             return (f"{self.listed} files listed, {self.skipped} already done, {self.pending} "
                     f"to process in {about}{self.batches} batch(es){self.detail} "
                     f"({self.elapsed_s:.1f} s)")
-        counts = ", ".join(f"{self.statuses.get(s, 0)} {s}" for s in Status)
         errors = ", ".join(f"{k} {v}" for k, v in sorted(self.errors.items()))
         held = held_back(dict(self.waited))
         return (f"batch {self.batch}/{'~' if self.approximate else ''}{self.batches}: "
                 f"{self.files_done}/{self.pending} files, "
-                f"{counts}" + (f" ({errors})" if errors else "")
+                f"{counts(self.statuses)}" + (f" ({errors})" if errors else "")
                 + f"; {self.images_per_s:.1f} images/s since the start, "
                 f"{self.elapsed_s:.1f} s" + (f", {held}" if held else "") + self.detail)
 

@@ -153,10 +153,6 @@ def failed_row(result: CallResult, images: int = 1) -> dict:
     }
 
 
-def reported(usage: Usage) -> bool:
-    return usage.prompt_tokens is not None and usage.completion_tokens is not None
-
-
 def estimated(spec: PromptSpec, image_tokens: int, answers: Iterable[Any]) -> Usage:
     """What a request whose answer reported no usage is taken to have cost: its prompt text
     once and its images in, the text of its answers out."""
@@ -170,7 +166,7 @@ def caption_row(result: CallResult, spec: PromptSpec, image_tokens: int) -> dict
         return failed_row(result)
     answer = result.answer
     usage, source = answer.usage, "endpoint"
-    if not reported(usage):
+    if not usage.reported:
         usage, source = estimated(spec, image_tokens, [answer]), "estimated"
     return {
         **held(result),
@@ -211,7 +207,7 @@ async def ask(
     packed = result.answer
     if packed is not None and packed.answers is not None:
         usage, source = packed.usage, "apportioned"
-        if not reported(usage):  # estimated for the request (its prompt once), then shared
+        if not usage.reported:  # estimated for the request (its prompt once), then shared
             usage = estimated(packed_as, sum(tokens), packed.answers)
             source = "estimated"
         shares = apportion_usage(usage, tokens)

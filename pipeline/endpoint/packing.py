@@ -170,8 +170,9 @@ def apportion(total: int, weights: list[int]) -> list[int]:
 def apportion_usage(usage: Usage, weights: list[int]) -> list[Usage] | None:
     """One request's usage shared over its images by their estimated image tokens; None when
     the response carried no usage."""
-    if usage.prompt_tokens is None or usage.completion_tokens is None:
+    if not usage.reported:
         return None
+    assert usage.prompt_tokens is not None and usage.completion_tokens is not None
     total = usage.total_tokens
     if total is None:
         total = usage.prompt_tokens + usage.completion_tokens

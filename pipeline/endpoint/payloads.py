@@ -55,6 +55,11 @@ class Usage:
     completion_tokens: int | None
     total_tokens: int | None
 
+    @property
+    def reported(self) -> bool:
+        """Whether the answer said what it cost, in and out (a total alone is not enough)."""
+        return self.prompt_tokens is not None and self.completion_tokens is not None
+
 
 @dataclass(frozen=True)
 class Answer:

@@ -10,10 +10,11 @@ from typing import Any
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
+from pipeline import progress
 from pipeline.endpoint import groups
 from pipeline.files.source import Listing
 from pipeline.images.prepare import Rejected
-from pipeline.outcomes import ErrorClass, Status
+from pipeline.outcomes import ErrorClass
 from pipeline.runs import plan, rows
 from pipeline.runs.callers import Ask
 from pipeline.runs.context import RunContext
@@ -103,4 +104,4 @@ class Grouped:
         self.groups_done.update(r["status"] for r in answered)
 
     def detail(self) -> str:
-        return "; groups " + ", ".join(f"{self.groups_done[s]} {s}" for s in Status)
+        return "; groups " + progress.counts(self.groups_done)
