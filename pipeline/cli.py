@@ -27,7 +27,7 @@ from pipeline.endpoint.auth import Credentials  # noqa: E402
 from pipeline.endpoint.client import preflight  # noqa: E402
 from pipeline.endpoint.pacing import NAMES as LIMITS  # noqa: E402
 from pipeline.endpoint.pacing import UNITS, held_back  # noqa: E402
-from pipeline.errors import RunError, UsageError  # noqa: E402
+from pipeline.errors import RunError, UsageError, first_line  # noqa: E402
 from pipeline.images.limits import load_catalog  # noqa: E402
 from pipeline.interrupts import Interrupted, Stop  # noqa: E402
 from pipeline.local import command as serve_local  # noqa: E402
@@ -147,8 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
     except Exception as exc:  # a Spark or JVM failure: its first line, not the stack trace
-        first = next((line for line in str(exc).splitlines() if line.strip()), "")
-        return _fail(f"{type(exc).__name__}: {first[:400]}", 1)
+        return _fail(f"{type(exc).__name__}: {first_line(exc)[:400]}", 1)
 
 
 def _fail(message: str, code: int) -> int:

@@ -7,11 +7,14 @@ command line prints it as one line and exits with its code (README, "Exit codes"
       RunError    exit 1: the run cannot go on here (the input, a table, the endpoint, the
                   credentials, the Spark session, the models file)
 
-Anything else (a Spark or JVM failure) exits 1 with its first line. Ctrl-C and SIGTERM exit
-130 and 143 (pipeline/interrupts.py).
+Anything else (a Spark or JVM failure) exits 1 with its first line (`first_line`). Ctrl-C
+and SIGTERM exit 130 and 143 (pipeline/interrupts.py).
 """
 
 from __future__ import annotations
+
+# How py4j begins every error the JVM raises; the line after it says what the error is.
+_PY4J_CALL = "An error occurred while calling "
 
 
 class VisionBatchError(Exception):
@@ -24,3 +27,12 @@ class UsageError(VisionBatchError, ValueError):
 
 class RunError(VisionBatchError, RuntimeError):
     exit_code = 1
+
+
+def first_line(exc: BaseException) -> str:
+    """The line of an unexpected error that says what went wrong: its first, or for an error
+    py4j brings from the JVM ("An error occurred while calling o62.sql."), the JVM's own."""
+    lines = [line.strip().removeprefix(": ") for line in str(exc).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith(_PY4J_CALL):
+        return lines[1]
+    return lines[0] if lines else ""

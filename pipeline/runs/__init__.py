@@ -31,6 +31,7 @@ from pyspark.sql import SparkSession
 from pipeline.config import RunConfig
 from pipeline.endpoint.auth import Credentials
 from pipeline.endpoint.pacing import NAMES
+from pipeline.errors import first_line
 from pipeline.files import source
 from pipeline.interrupts import Interrupted, Stop, only_mark, quietly
 from pipeline.outcomes import RunStatus, Status
@@ -108,7 +109,7 @@ def run(
         stopped = stop.requested or isinstance(exc, KeyboardInterrupt)
         result.status = RunStatus.INTERRUPTED if stopped else RunStatus.FAILED
         message = (f"interrupted by {_signal_name(stop.signum)}" if stopped
-                   else str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__)
+                   else first_line(exc)[:500] or type(exc).__name__)
         stop.halting_with(only_mark)  # the run's row is being written: let it be
         stop.wait_halted()
         try:

@@ -9,7 +9,7 @@ from pipeline import cli
 from pipeline.config import ConfigError
 from pipeline.endpoint.auth import AuthError
 from pipeline.endpoint.client import EndpointError
-from pipeline.errors import RunError, UsageError, VisionBatchError
+from pipeline.errors import RunError, UsageError, VisionBatchError, first_line
 from pipeline.files.source import InputError
 from pipeline.images.limits import LimitsError
 from pipeline.runs.sql import SqlPathError
@@ -53,3 +53,15 @@ def test_a_delta_conflict_is_retried_by_its_type_or_on_connect_by_its_text() -> 
     assert retriable(RuntimeError("[DELTA_CONCURRENT_APPEND] files were added"))
     assert not retriable(RuntimeError("[TABLE_OR_VIEW_NOT_FOUND] no such table"))
     assert not retriable(ValueError("files were added concurrently"))
+
+
+def test_an_error_from_the_jvm_is_named_by_the_jvms_line_not_py4js() -> None:
+    """py4j's first line ("An error occurred while calling o62.sql.") says nothing of what
+    failed; the JVM's exception, on the next line, does."""
+    jvm = RuntimeError("An error occurred while calling o62.sql.\n"
+                       ": io.delta.exceptions.ConcurrentAppendException: Files were added.\n"
+                       "\tat org.apache.spark.sql.delta.DeltaErrorsBase.x(DeltaErrors.scala:1)")
+    assert first_line(jvm) == ("io.delta.exceptions.ConcurrentAppendException: "
+                               "Files were added.")
+    assert first_line(ValueError("\n  bad value\nmore")) == "bad value"
+    assert first_line(ValueError()) == ""
