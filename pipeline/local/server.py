@@ -3,8 +3,9 @@ the local reference model (pipeline.local.describer).
 
 The pipeline, its tests and `vision-batch serve-local` run against it with no workspace. It
 checks each request as pipeline.local.protocol says, refuses requests over a concurrency cap
-or a pay-per-token limit like a real endpoint, injects the faults pipeline.local.faults picks,
-and counts what it saw (`stats()`, GET /local/stats) so tests and benchmarks can check it.
+or a rate limit (pipeline.local.limits) like a real endpoint, injects the faults
+pipeline.local.faults picks, and counts what it saw (pipeline.local.stats; `stats()`, GET
+/local/stats) so tests and benchmarks can check it.
 """
 
 from __future__ import annotations
@@ -12,23 +13,20 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import math
 import socket
 import sys
 import threading
 import time
 import traceback
-from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from pipeline.endpoint.pacing import NAMES, UNITS, window_s
+from pipeline.endpoint.pacing import NAMES
 from pipeline.images.limits import ModelFamily, load_catalog
 from pipeline.local import describer
 from pipeline.local.faults import (
-    FAULT_KINDS,
     PACKED_ANSWERS,
     PROXY_PAGE,
     SERVER_ERRORS,
@@ -36,13 +34,13 @@ from pipeline.local.faults import (
     misanswer,
     pick_fault,
 )
+from pipeline.local.limits import Limits
 from pipeline.local.protocol import (
     CHAT_COMPLETIONS,
     ENDPOINT_INFO,
     INVOCATIONS,
     WELL_KNOWN,
     BadRequest,
-    ChatRequest,
     Reply,
     completion,
     error_reply,
@@ -50,8 +48,7 @@ from pipeline.local.protocol import (
     json_bytes,
     parse_chat,
 )
-
-RPM_WINDOW_S = 60.0
+from pipeline.local.stats import Counters
 
 # Bodies longer than this are not even drained: the connection is closed after the 400.
 _DRAIN_LIMIT = 256 * 1024 * 1024
@@ -99,32 +96,6 @@ class EndpointOptions:
                 f"--packed-answers must be one of {', '.join(PACKED_ANSWERS)}, "
                 f"not {self.packed_answers!r}"
             )
-
-
-def _fresh_stats() -> dict[str, Any]:
-    return {
-        "requests": 0,
-        "answered_ok": 0,
-        "by_status": {},
-        "faults": dict.fromkeys(FAULT_KINDS, 0),
-        "rejected_400": 0,
-        "over_rpm": 0,  # 429s from the per-minute cap
-        # 429s from the token and query limits, by the limit that refused
-        "over_itpm": 0, "over_otpm": 0, "over_qph": 0,
-        "unauthorized": 0,
-        "max_in_flight": 0,
-        "in_flight": 0,
-        "images": 0,
-        # Wall-clock window of the traffic, so benchmarks can measure throughput as the
-        # endpoint saw it: answered_ok / (last_answer_at - first_request_at).
-        "first_request_at": None,
-        "last_answer_at": None,
-        # Time with nothing in flight between two requests: what a client left unused. The
-        # gaps of a second or more are counted too (a batch boundary, say).
-        "idle_s": 0.0,
-        "idle_gaps_over_1s": 0,
-        "idle_since": None,
-    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -205,15 +176,16 @@ class _Handler(BaseHTTPRequestHandler):
         if not invocations and path != CHAT_COMPLETIONS:
             self._send(_not_found("POST", path) if self._authorized() else ep._unauthorized())
             return
-        ep._count_request()
+        ep._counters.request()
         if not self._authorized():
             self._send(ep._unauthorized(chat=True))
             return
-        wait_s = ep._rpm_wait()
-        if wait_s is not None:
-            self._send(ep._over_rpm(wait_s))
+        over_rpm = ep._limits.over_rpm()
+        if over_rpm is not None:
+            ep._counters.refused(over_rpm, "over_rpm")
+            self._send(over_rpm)
             return
-        if not ep._admit():
+        if not ep._counters.admit(ep.options.max_concurrency):
             self._send(ep._over_capacity())
             return
         reply = None
@@ -226,7 +198,7 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             # Out of flight and counted BEFORE any byte is written: a client that sends its
             # next request the moment it reads this answer must not meet a stale count.
-            ep._release(reply)
+            ep._counters.release(reply)
         self._send(reply)
 
     def do_PUT(self) -> None:
@@ -321,12 +293,10 @@ class LocalEndpoint:
         self._lock = threading.Lock()
         self._stopping = threading.Event()  # wakes latency sleeps and hanging requests
         self._stopped = False
-        self._stats = _fresh_stats()
-        self._digests: set[str] = set()
+        self._counters = Counters()
         self._seen: dict[str, int] = {}  # body digest -> sightings, for fault injection
-        self._admitted_at: deque[float] = deque()  # start times inside the rpm window
-        # What the token and query limits counted, over each one's window.
-        self._tallies = {name: _Tally(window_s(name)) for name in NAMES}
+        self._limits = Limits(options.max_rpm, options.max_itpm, options.max_otpm,
+                             options.max_qph)
         self._connections: dict[socket.socket, threading.Thread] = {}
         self._thread: threading.Thread | None = None
         self._server = _Server(("127.0.0.1", port), _Handler)
@@ -381,19 +351,12 @@ class LocalEndpoint:
         """Counters since start or reset_stats(). `requests` and `by_status` count POSTs to
         the chat routes; a dropped or hung request has no status (see `faults`);
         `unauthorized` counts 401s on every route."""
-        with self._lock:
-            snapshot = json.loads(json.dumps(self._stats))
-            snapshot["image_digests_answered"] = len(self._digests)
-        return snapshot
+        return self._counters.snapshot()
 
     def reset_stats(self) -> None:
         """Zero the counters. Requests in flight stay counted; the fault sequence per body is
         behaviour, not a statistic, so it carries on."""
-        with self._lock:
-            in_flight = self._stats["in_flight"]
-            self._stats = _fresh_stats()
-            self._stats["in_flight"] = self._stats["max_in_flight"] = in_flight
-            self._digests.clear()
+        self._counters.reset()
 
     # -- used by the handler ---------------------------------------------------------------
 
@@ -408,91 +371,13 @@ class LocalEndpoint:
         with self._lock:
             self._connections.pop(sock, None)
 
-    def _count_request(self) -> None:
-        with self._lock:
-            self._stats["requests"] += 1
-            if self._stats["first_request_at"] is None:
-                self._stats["first_request_at"] = time.time()
-
     def _unauthorized(self, chat: bool = False) -> Reply:
         reply = error_reply(401, "UNAUTHENTICATED", "Missing or invalid bearer token.")
-        with self._lock:
-            self._stats["unauthorized"] += 1
-            if chat:
-                self._count_status(reply)
+        if chat:
+            self._counters.refused(reply, "unauthorized")
+        else:
+            self._counters.add("unauthorized")
         return reply
-
-    def _rpm_wait(self) -> float | None:
-        """Seconds until the per-minute cap admits another request; None when it does now,
-        and then the request is counted in the window."""
-        cap = self.options.max_rpm
-        if cap is None:
-            return None
-        with self._lock:
-            now = time.monotonic()
-            while self._admitted_at and now - self._admitted_at[0] >= RPM_WINDOW_S:
-                self._admitted_at.popleft()
-            if len(self._admitted_at) >= cap:
-                return RPM_WINDOW_S - (now - self._admitted_at[0])
-            self._admitted_at.append(now)
-            return None
-
-    def _over_rpm(self, wait_s: float) -> Reply:
-        reply = error_reply(
-            429,
-            "REQUEST_LIMIT_EXCEEDED",
-            f"The endpoint's limit of {self.options.max_rpm} requests per minute is exceeded.",
-            headers=(("Retry-After", str(max(1, math.ceil(wait_s)))),),
-        )
-        with self._lock:
-            self._count_status(reply)
-            self._stats["over_rpm"] += 1
-        return reply
-
-    def _admit_tokens(self, request: ChatRequest) -> Reply | None:
-        """None when the token and query limits admit the request (it is then counted), else
-        the refusal: a 400 for a request larger than a whole minute, or a 429."""
-        o = self.options
-        tokens = input_tokens(request, self.family)
-        if o.max_itpm is not None and tokens > o.max_itpm:
-            return error_reply(
-                400, "BAD_REQUEST",
-                f"The request has {tokens:,} input tokens; the endpoint's limit is "
-                f"{o.max_itpm:,} input tokens per minute.")
-        needs = {"itpm": (o.max_itpm, tokens), "otpm": (o.max_otpm, 1), "qph": (o.max_qph, 1)}
-        with self._lock:
-            now = time.monotonic()
-            waits = {name: self._tallies[name].wait(need, limit, now)
-                     for name, (limit, need) in needs.items() if limit is not None}
-            refused = max(waits, key=waits.__getitem__, default=None)
-            if refused is None or waits[refused] == 0.0:
-                self._tallies["itpm"].add(tokens, now)
-                self._tallies["qph"].add(1, now)
-                return None
-            self._stats[f"over_{refused}"] += 1
-        return error_reply(
-            429, "REQUEST_LIMIT_EXCEEDED",
-            f"The endpoint's limit of {needs[refused][0]:,} {UNITS[refused]} is exceeded.",
-            headers=(("Retry-After", str(max(1, math.ceil(waits[refused])))),))
-
-    def _count_output(self, tokens: int) -> None:
-        with self._lock:
-            self._tallies["otpm"].add(tokens, time.monotonic())
-
-    def _admit(self) -> bool:
-        with self._lock:
-            limit = self.options.max_concurrency
-            if limit is not None and self._stats["in_flight"] >= limit:
-                return False
-            if self._stats["in_flight"] == 0 and self._stats["idle_since"] is not None:
-                gap = time.time() - self._stats["idle_since"]
-                self._stats["idle_s"] += gap
-                self._stats["idle_gaps_over_1s"] += gap >= 1.0
-            self._stats["in_flight"] += 1
-            self._stats["max_in_flight"] = max(
-                self._stats["max_in_flight"], self._stats["in_flight"]
-            )
-            return True
 
     def _over_capacity(self) -> Reply:
         reply = error_reply(
@@ -501,32 +386,8 @@ class LocalEndpoint:
             f"Too many concurrent requests (at most {self.options.max_concurrency}).",
             headers=self._retry_after(),
         )
-        with self._lock:
-            self._count_status(reply)
+        self._counters.refused(reply)
         return reply
-
-    def _release(self, reply: Reply | None) -> None:
-        with self._lock:
-            self._stats["in_flight"] -= 1
-            if self._stats["in_flight"] == 0:
-                self._stats["idle_since"] = time.time()
-            if reply is None:
-                return
-            self._count_status(reply)
-            if reply.fault:
-                self._stats["faults"][reply.fault] += 1
-            if reply.status == 400:
-                self._stats["rejected_400"] += 1
-            if reply.answered_ok:
-                self._stats["last_answer_at"] = time.time()
-                self._stats["answered_ok"] += 1
-                self._stats["images"] += len(reply.image_digests)
-                self._digests.update(reply.image_digests)
-
-    def _count_status(self, reply: Reply) -> None:
-        if reply.action == "send":  # a dropped or hung request never got a whole answer
-            by_status = self._stats["by_status"]
-            by_status[str(reply.status)] = by_status.get(str(reply.status), 0) + 1
 
     def _endpoint_info(self, name: str) -> Reply:
         if self.options.endpoint_name and name != self.options.endpoint_name:
@@ -568,9 +429,12 @@ class LocalEndpoint:
             request = parse_chat(payload, family)
         except BadRequest as exc:
             return error_reply(400, "BAD_REQUEST", str(exc))
-        refused = self._admit_tokens(request)
+        refused = self._limits.admit_tokens(input_tokens(request, family))
         if refused is not None:
-            return refused
+            reply, limit = refused
+            if limit is not None:
+                self._counters.add(f"over_{limit}")
+            return reply
         fault = self._fault_for(body)
         faults = self.options.faults
         if fault == "429":
@@ -590,7 +454,7 @@ class LocalEndpoint:
                                          request.prompt_text)
             content = misanswer(content, self.options.packed_answers)
             body_out = completion(name, content, request, family)
-            self._count_output(body_out["usage"]["completion_tokens"])
+            self._limits.count_output(body_out["usage"]["completion_tokens"])
             answer = json_bytes(body_out)
         remaining = self.options.latency_ms / 1000 - (time.monotonic() - started)
         if remaining > 0:
@@ -618,32 +482,6 @@ class LocalEndpoint:
             n = self._seen.get(key, 0)
             self._seen[key] = n + 1
         return pick_fault(faults, key, n)
-
-
-class _Tally:
-    """Amounts counted at given times, summed over the last `seconds` (a sliding window)."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.total = 0
-        self._log: deque[tuple[float, int]] = deque()
-
-    def add(self, amount: int, now: float) -> None:
-        self._log.append((now, amount))
-        self.total += amount
-
-    def wait(self, need: int, limit: int, now: float) -> float:
-        """0.0 when `need` more fits under `limit` now, else the seconds until it does."""
-        while self._log and self._log[0][0] + self.seconds <= now:
-            self.total -= self._log.popleft()[1]
-        excess = self.total + need - limit
-        if excess <= 0:
-            return 0.0
-        for at, amount in self._log:
-            excess -= amount
-            if excess <= 0:
-                return at + self.seconds - now
-        return self.seconds
 
 
 def _shutdown(sock: socket.socket) -> None:
