@@ -7,7 +7,6 @@ clients that go away mid-request, which are normal here (timeouts, drop and hang
 
 from __future__ import annotations
 
-import hmac
 import socket
 import sys
 import traceback
@@ -15,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
+from pipeline.local import oauth
 from pipeline.local.protocol import (
     CHAT_COMPLETIONS,
     ENDPOINT_INFO,
@@ -82,12 +82,15 @@ class Handler(BaseHTTPRequestHandler):
         ep = self.server.endpoint
         path = urlsplit(self.path).path
         if path == WELL_KNOWN:
-            # The databricks-sdk probes this when it builds a Config; an empty object makes it
-            # fall back to the host and token it was given.
-            self._send(Reply(200, b"{}"))
+            # The databricks-sdk probes this when it builds a Config: no token needed.
+            self._send(Reply(200, json_bytes(oauth.host_metadata(ep.url, ep._issuer is not None))))
             return
-        if not self._authorized():
-            self._send(ep._unauthorized())
+        if path == oauth.DISCOVERY and ep._issuer is not None:
+            self._send(Reply(200, json_bytes(oauth.discovery(ep.url))))
+            return
+        refused = self._refused()
+        if refused is not None:
+            self._send(refused)
             return
         info = ENDPOINT_INFO.fullmatch(path)
         if path == _STATS:
@@ -106,12 +109,17 @@ class Handler(BaseHTTPRequestHandler):
         except ClientGone:
             self.close_connection = True
             return
+        if path == oauth.TOKEN and ep._issuer is not None:
+            self._send(ep._token(self.headers.get("Authorization", ""),
+                                 self.headers.get("Content-Type", ""), body))
+            return
         if not invocations and path != CHAT_COMPLETIONS:
-            self._send(_not_found("POST", path) if self._authorized() else ep._unauthorized())
+            self._send(self._refused() or _not_found("POST", path))
             return
         ep._counters.request()
-        if not self._authorized():
-            self._send(ep._unauthorized(chat=True))
+        refused = self._refused(chat=True)
+        if refused is not None:
+            self._send(refused)
             return
         over_rpm = ep._limits.over_rpm()
         if over_rpm is not None:
@@ -145,15 +153,12 @@ class Handler(BaseHTTPRequestHandler):
         except ClientGone:
             self.close_connection = True
             return
-        reply = _not_found(self.command, urlsplit(self.path).path)
-        self._send(reply if self._authorized() else self.server.endpoint._unauthorized())
+        refused = self._refused()
+        self._send(refused or _not_found(self.command, urlsplit(self.path).path))
 
-    def _authorized(self) -> bool:
-        scheme, _, value = self.headers.get("Authorization", "").partition(" ")
-        given = value.strip().encode("utf-8", "surrogateescape")
-        expected = self.server.endpoint.options.token.encode("utf-8", "surrogateescape")
-        # Constant-time comparison: the token is a secret even on a test server.
-        return scheme.lower() == "bearer" and hmac.compare_digest(given, expected)
+    def _refused(self, chat: bool = False) -> Reply | None:
+        """None when the request's bearer token is accepted, else its 401 (counted)."""
+        return self.server.endpoint._auth_refusal(self.headers.get("Authorization", ""), chat)
 
     def _read_body(self, keep_limit: int) -> tuple[bytes | None, int]:
         """(body, declared length). Bodies over `keep_limit` are drained, not kept (None), so

@@ -4,7 +4,8 @@ the local reference model (pipeline.local.describer).
 The pipeline, its tests and `vision-batch serve-local` run against it with no workspace. It
 checks each request as pipeline.local.protocol says, refuses requests over a concurrency cap
 or a rate limit (pipeline.local.limits) like a real endpoint, injects the faults
-pipeline.local.faults picks, and counts what it saw (pipeline.local.stats; `stats()`, GET
+pipeline.local.faults picks, accepts a static token or the OAuth M2M tokens it mints
+(pipeline.local.oauth), and counts what it saw (pipeline.local.stats; `stats()`, GET
 /local/stats) so tests and benchmarks can check it. The HTTP side (reading, routing,
 writing) is pipeline.local.handler; this module holds the options and the decisions.
 """
@@ -12,6 +13,7 @@ writing) is pipeline.local.handler; this module holds the options and the decisi
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import socket
 import threading
@@ -32,6 +34,7 @@ from pipeline.local.faults import (
 )
 from pipeline.local.handler import Handler, Server, shutdown
 from pipeline.local.limits import Limits
+from pipeline.local.oauth import OAuthClient, TokenIssuer
 from pipeline.local.protocol import (
     BadRequest,
     Reply,
@@ -46,7 +49,8 @@ from pipeline.local.stats import Counters
 
 @dataclass
 class EndpointOptions:
-    token: str  # bearer token clients must send
+    # The static bearer token (a PAT) clients may send; None when only OAuth is served.
+    token: str | None = field(default=None, repr=False)
     family: ModelFamily | None = None  # limits to enforce; None: the generic family
     endpoint_name: str | None = None  # other names get 404; None accepts any name
     # Service time of every answered request: from reading it to answering, our own decoding
@@ -66,10 +70,14 @@ class EndpointOptions:
     # measured, or misbehaving the way models do, so the pipeline's matching can be tested.
     packed_answers: str = "ordered"
     faults: Faults = field(default_factory=Faults)
+    # OAuth M2M: the service principal whose minted access tokens are accepted as well.
+    oauth: OAuthClient | None = None
 
     def __post_init__(self) -> None:
-        if not self.token:
+        if self.token is not None and not self.token:
             raise ValueError("the endpoint needs a non-empty token")
+        if self.token is None and self.oauth is None:
+            raise ValueError("the endpoint needs a token or an OAuth client")
         if not self.latency_ms >= 0:
             raise ValueError(f"--latency-ms must be zero or more, not {self.latency_ms}")
         if self.max_concurrency is not None and self.max_concurrency < 1:
@@ -95,6 +103,7 @@ class LocalEndpoint:
         self._stopping = threading.Event()  # wakes latency sleeps and hanging requests
         self._stopped = False
         self._counters = Counters()
+        self._issuer = TokenIssuer(options.oauth) if options.oauth else None
         self._seen: dict[str, int] = {}  # body digest -> sightings, for fault injection
         self._limits = Limits(options.max_rpm, options.max_itpm, options.max_otpm,
                              options.max_qph)
@@ -151,12 +160,14 @@ class LocalEndpoint:
     def stats(self) -> dict[str, Any]:
         """Counters since start or reset_stats(). `requests` and `by_status` count POSTs to
         the chat routes; a dropped or hung request has no status (see `faults`);
-        `unauthorized` counts 401s on every route."""
+        `unauthorized` counts 401s on every route, of which `unauthorized_expired` for an
+        expired OAuth token and `invalid_client` for a wrong client at the token endpoint;
+        `tokens_issued` the OAuth tokens minted."""
         return self._counters.snapshot()
 
     def reset_stats(self) -> None:
-        """Zero the counters. Requests in flight stay counted; the fault sequence per body is
-        behaviour, not a statistic, so it carries on."""
+        """Zero the counters. Requests in flight stay counted; the fault sequence per body
+        and the tokens minted are behaviour, not statistics, so they carry on."""
         self._counters.reset()
 
     # -- used by the handler ---------------------------------------------------------------
@@ -172,13 +183,45 @@ class LocalEndpoint:
         with self._lock:
             self._connections.pop(sock, None)
 
-    def _unauthorized(self, chat: bool = False) -> Reply:
-        reply = error_reply(401, "UNAUTHENTICATED", "Missing or invalid bearer token.")
-        if chat:
-            self._counters.refused(reply, "unauthorized")
+    def _auth_refusal(self, authorization: str, chat: bool) -> Reply | None:
+        """None for the static token or a live minted one; else the 401, counted (`chat`:
+        its status too), saying so when the token was minted here and has expired."""
+        scheme, _, value = authorization.partition(" ")
+        given = value.strip()
+        state = "invalid"
+        if scheme.lower() == "bearer":
+            static = self.options.token
+            # Constant-time comparison: the token is a secret even on a test server.
+            if static and hmac.compare_digest(given.encode("utf-8", "surrogateescape"),
+                                              static.encode("utf-8", "surrogateescape")):
+                return None
+            if self._issuer is not None:
+                state = self._issuer.check(given) or "ok"
+                if state == "ok":
+                    return None
+        if state == "expired":
+            # Real Databricks answers an expired OAuth token with a 401 too; the SDK then
+            # fetches a new one.
+            reply = error_reply(401, "UNAUTHENTICATED", "The access token has expired.")
+            names: tuple[str, ...] = ("unauthorized", "unauthorized_expired")
         else:
-            self._counters.add("unauthorized")
+            reply = error_reply(401, "UNAUTHENTICATED", "Missing or invalid bearer token.")
+            names = ("unauthorized",)
+        if chat:
+            self._counters.refused(reply, *names)
+        else:
+            self._counters.add(*names)
         return reply
+
+    def _token(self, authorization: str, content_type: str, body: bytes | None) -> Reply:
+        """The OAuth token endpoint's answer (an access token, or an OAuth error)."""
+        assert self._issuer is not None
+        answer = self._issuer.answer(authorization, content_type, body)
+        if answer.status == 200:
+            self._counters.add("tokens_issued")
+        elif answer.status == 401:
+            self._counters.add("unauthorized", "invalid_client")
+        return Reply(answer.status, json_bytes(answer.body), headers=answer.headers)
 
     def _over_capacity(self) -> Reply:
         reply = error_reply(

@@ -27,7 +27,11 @@ def fresh_stats() -> dict[str, Any]:
         "over_rpm": 0,  # 429s from the per-minute cap
         # 429s from the token and query limits, by the limit that refused
         "over_itpm": 0, "over_otpm": 0, "over_qph": 0,
-        "unauthorized": 0,
+        "unauthorized": 0,  # 401s on every route, token endpoint included
+        # ... of which: a token minted here that had expired; a wrong OAuth client id/secret
+        "unauthorized_expired": 0,
+        "invalid_client": 0,
+        "tokens_issued": 0,  # OAuth access tokens minted
         "max_in_flight": 0,
         "in_flight": 0,
         "images": 0,
@@ -66,9 +70,11 @@ class Counters:
             self._stats["in_flight"] = self._stats["max_in_flight"] = in_flight
             self._digests.clear()
 
-    def add(self, name: str, amount: int = 1) -> None:
+    def add(self, *names: str) -> None:
+        """One more for each counter named."""
         with self._lock:
-            self._stats[name] += amount
+            for name in names:
+                self._stats[name] += 1
 
     def request(self) -> None:
         """A chat request arrived."""
