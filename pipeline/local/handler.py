@@ -31,8 +31,9 @@ if TYPE_CHECKING:
 # Bodies longer than this are not even drained: the connection is closed after the 400.
 _DRAIN_LIMIT = 256 * 1024 * 1024
 
-# The local endpoint's own route: its counters.
+# The local endpoint's own routes: its counters, and an outage on demand.
 _STATS = "/local/stats"
+_OUTAGE = "/local/outage"
 
 
 class ClientGone(Exception):
@@ -114,10 +115,15 @@ class Handler(BaseHTTPRequestHandler):
                                  self.headers.get("Content-Type", ""), body))
             return
         if not invocations and path != CHAT_COMPLETIONS:
-            self._send(self._refused() or _not_found("POST", path))
+            refused = self._refused()
+            if refused is None and path == _OUTAGE:
+                refused = ep._outage_request(body)
+            self._send(refused or _not_found("POST", path))
             return
         ep._counters.request()
-        refused = self._refused(chat=True)
+        # Checked in this order: the token, then the outage (the gateway in front of the
+        # model still authenticates), then the limits, which a refused request never uses.
+        refused = self._refused(chat=True) or ep._outage_refusal()
         if refused is not None:
             self._send(refused)
             return

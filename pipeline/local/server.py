@@ -5,8 +5,9 @@ The pipeline, its tests and `vision-batch serve-local` run against it with no wo
 checks each request as pipeline.local.protocol says, refuses requests over a concurrency cap
 or a rate limit (pipeline.local.limits) like a real endpoint, injects the faults
 pipeline.local.faults picks, accepts a static token or the OAuth M2M tokens it mints
-(pipeline.local.oauth), and counts what it saw (pipeline.local.stats; `stats()`, GET
-/local/stats) so tests and benchmarks can check it. The HTTP side (reading, routing,
+(pipeline.local.oauth), goes down for an outage on demand (pipeline.local.outage), and counts
+what it saw (pipeline.local.stats; `stats()`, GET /local/stats) so tests and benchmarks can
+check it. The HTTP side (reading, routing,
 writing) is pipeline.local.handler; this module holds the options and the decisions.
 """
 
@@ -35,6 +36,7 @@ from pipeline.local.faults import (
 from pipeline.local.handler import Handler, Server, shutdown
 from pipeline.local.limits import Limits
 from pipeline.local.oauth import OAuthClient, TokenIssuer
+from pipeline.local.outage import Outage, OutageWindow
 from pipeline.local.protocol import (
     BadRequest,
     Reply,
@@ -72,6 +74,7 @@ class EndpointOptions:
     faults: Faults = field(default_factory=Faults)
     # OAuth M2M: the service principal whose minted access tokens are accepted as well.
     oauth: OAuthClient | None = None
+    outage: Outage | None = None  # a planned outage (see pipeline.local.outage)
 
     def __post_init__(self) -> None:
         if self.token is not None and not self.token:
@@ -104,6 +107,7 @@ class LocalEndpoint:
         self._stopped = False
         self._counters = Counters()
         self._issuer = TokenIssuer(options.oauth) if options.oauth else None
+        self._outage = OutageWindow(options.outage)
         self._seen: dict[str, int] = {}  # body digest -> sightings, for fault injection
         self._limits = Limits(options.max_rpm, options.max_itpm, options.max_otpm,
                              options.max_qph)
@@ -162,12 +166,14 @@ class LocalEndpoint:
         the chat routes; a dropped or hung request has no status (see `faults`);
         `unauthorized` counts 401s on every route, of which `unauthorized_expired` for an
         expired OAuth token and `invalid_client` for a wrong client at the token endpoint;
-        `tokens_issued` the OAuth tokens minted."""
-        return self._counters.snapshot()
+        `tokens_issued` the OAuth tokens minted; `outage_refused` the chat requests an outage
+        refused, and outage_active/_kind/_started_at/_ended_at describe the last outage."""
+        return {**self._counters.snapshot(), **self._outage.report()}
 
     def reset_stats(self) -> None:
-        """Zero the counters. Requests in flight stay counted; the fault sequence per body
-        and the tokens minted are behaviour, not statistics, so they carry on."""
+        """Zero the counters. Requests in flight stay counted; the fault sequence per body,
+        the tokens minted and the outage (its plan, its window) are behaviour, not
+        statistics, so they carry on."""
         self._counters.reset()
 
     # -- used by the handler ---------------------------------------------------------------
@@ -222,6 +228,39 @@ class LocalEndpoint:
         elif answer.status == 401:
             self._counters.add("unauthorized", "invalid_client")
         return Reply(answer.status, json_bytes(answer.body), headers=answer.headers)
+
+    def start_outage(self, seconds: float, kind: str = "503") -> dict[str, Any]:
+        """Refuse every chat request for `seconds` from now, as `kind` ("503" or "drop")
+        says; replaces any open outage. The outage_* stats it starts; ValueError for a bad
+        value."""
+        return self._outage.start(seconds, kind)
+
+    def _outage_request(self, body: bytes | None) -> Reply:
+        """POST /local/outage with {"seconds": S, "kind": "503" | "drop"}."""
+        try:
+            payload = json.loads(body or b"")
+        except (ValueError, UnicodeDecodeError):
+            payload = None
+        if not isinstance(payload, dict):
+            return error_reply(400, "BAD_REQUEST", 'The body must be {"seconds": S, "kind": K}.')
+        seconds: Any = payload.get("seconds")  # checked by start(), like the kind
+        try:
+            report = self._outage.start(seconds, payload.get("kind", "503"))
+        except ValueError as exc:
+            return error_reply(400, "BAD_REQUEST", str(exc))
+        return Reply(200, json_bytes(report))
+
+    def _outage_refusal(self) -> Reply | None:
+        """The refusal of a chat request arriving during an outage (counted), else None."""
+        kind = self._outage.refusal()
+        if kind is None:
+            return None
+        if kind == "drop":
+            reply = Reply(0, action="hang")  # closed at once, no answer: a connection error
+        else:
+            reply = error_reply(503, "TEMPORARILY_UNAVAILABLE", SERVER_ERRORS["503"][1])
+        self._counters.refused(reply, "outage_refused")
+        return reply
 
     def _over_capacity(self) -> Reply:
         reply = error_reply(

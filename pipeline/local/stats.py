@@ -32,6 +32,7 @@ def fresh_stats() -> dict[str, Any]:
         "unauthorized_expired": 0,
         "invalid_client": 0,
         "tokens_issued": 0,  # OAuth access tokens minted
+        "outage_refused": 0,  # chat requests refused by an outage (pipeline.local.outage)
         "max_in_flight": 0,
         "in_flight": 0,
         "images": 0,
