@@ -3,6 +3,7 @@ client-credentials flow (no mocks of either side)."""
 
 from __future__ import annotations
 
+import argparse
 import base64
 import os
 import time
@@ -15,6 +16,7 @@ import pytest
 from databricks.sdk.core import Config
 
 from pipeline.local import oauth
+from pipeline.local.command import add_arguments, options_from_args, serve
 from pipeline.local.oauth import OAuthClient, TokenIssuer
 from pipeline.local.server import EndpointOptions, LocalEndpoint
 
@@ -211,3 +213,30 @@ def test_options_are_checked_and_secrets_stay_out_of_reprs() -> None:
     assert SECRET not in repr(options) and "a-static-pat" not in repr(options)
     assert CLIENT_ID in repr(options)  # an id is not a secret, and says which client
 
+
+def test_serve_local_takes_the_client_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert serve(parser.parse_args([])) == 2  # no secret in the environment at all
+    err = capsys.readouterr().err
+    assert "DATABRICKS_TOKEN" in err and "DATABRICKS_CLIENT_SECRET" in err
+    # Half an OAuth client is refused, even with a static token that would do on its own.
+    monkeypatch.setenv("DATABRICKS_TOKEN", "a-static-pat")
+    monkeypatch.setenv("DATABRICKS_CLIENT_ID", CLIENT_ID)
+    assert serve(parser.parse_args([])) == 2
+    assert "Set both DATABRICKS_CLIENT_ID and DATABRICKS_CLIENT_SECRET" in capsys.readouterr().err
+    monkeypatch.delenv("DATABRICKS_CLIENT_ID")
+    # A lifetime with no OAuth client would do nothing: refused, naming the flag.
+    assert serve(parser.parse_args(["--token-lifetime-seconds", "60"])) == 2
+    err = capsys.readouterr().err
+    assert "--token-lifetime-seconds" in err and "a-static-pat" not in err
+    options = options_from_args(parser.parse_args(["--token-lifetime-seconds", "90"]), None,
+                                (CLIENT_ID, SECRET))
+    assert options.token is None and options.oauth == OAuthClient(CLIENT_ID, SECRET, 90)
+    assert options_from_args(parser.parse_args([]), None, (CLIENT_ID, SECRET)).oauth == \
+        OAuthClient(CLIENT_ID, SECRET, 3600)
+    with pytest.raises(ValueError, match="--token-lifetime-seconds"):
+        options_from_args(parser.parse_args(["--token-lifetime-seconds", "0"]), None,
+                          (CLIENT_ID, SECRET))

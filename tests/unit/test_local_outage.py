@@ -3,12 +3,14 @@ started on demand (in process and by POST /local/outage), as 503s or dropped con
 
 from __future__ import annotations
 
+import argparse
 import time
 from typing import Any
 
 import httpx
 import pytest
 
+from pipeline.local.command import add_arguments, options_from_args
 from pipeline.local.oauth import OAuthClient
 from pipeline.local.outage import Outage, OutageWindow
 from pipeline.local.server import EndpointOptions, LocalEndpoint
@@ -145,3 +147,20 @@ def test_outage_options_are_checked() -> None:
     with pytest.raises(ValueError, match="--outage-kind"):
         Outage(after_requests=1, seconds=1, kind="504")
 
+
+def test_serve_local_outage_flags_are_checked() -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    options = options_from_args(parser.parse_args(
+        ["--outage-after", "7", "--outage-seconds", "2.5", "--outage-kind", "drop"]), TOKEN)
+    assert options.outage == Outage(7, 2.5, "drop")
+    assert options_from_args(parser.parse_args(
+        ["--outage-after", "1", "--outage-seconds", "1"]), TOKEN).outage == Outage(1, 1.0)
+    assert options_from_args(parser.parse_args([]), TOKEN).outage is None
+    with pytest.raises(ValueError, match="--outage-seconds"):
+        options_from_args(parser.parse_args(["--outage-after", "3"]), TOKEN)
+    with pytest.raises(ValueError, match="--outage-after"):
+        options_from_args(parser.parse_args(["--outage-seconds", "3"]), TOKEN)
+    with pytest.raises(ValueError, match="--outage-after"):
+        options_from_args(parser.parse_args(["--outage-after", "0", "--outage-seconds", "1"]),
+                          TOKEN)
