@@ -1,5 +1,7 @@
 """`vision-batch serve-local`: its flags, and serving the local endpoint until Ctrl-C or
-SIGTERM.
+SIGTERM. Secrets come from the environment, never flags (they would show in shell history and
+process listings): DATABRICKS_TOKEN for a static token, DATABRICKS_CLIENT_ID and
+DATABRICKS_CLIENT_SECRET for OAuth M2M; either or both.
 
 Kept apart from the server so the command line can offer the command cheaply: building the
 CLI's parser imports this module, which loads neither the server nor the reference model;
@@ -18,6 +20,8 @@ from typing import TYPE_CHECKING
 from pipeline.endpoint.pacing import NAMES, UNITS
 from pipeline.images.limits import load_catalog
 from pipeline.local.faults import FAULT_KINDS, PACKED_ANSWERS, Faults
+from pipeline.local.oauth import TOKEN, OAuthClient
+from pipeline.local.outage import OUTAGE_KINDS, Outage
 
 if TYPE_CHECKING:
     from pipeline.local.server import EndpointOptions
@@ -55,10 +59,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hang-s", type=float, default=600.0, help="how long a hang lasts")
     parser.add_argument("--retry-after", default=None, help="Retry-After value on every 429")
     parser.add_argument("--seed", type=int, default=0, help="seed of the fault sequence")
+    parser.add_argument(
+        "--token-lifetime-seconds", type=int, default=None,
+        help="lifetime of the OAuth access tokens (default 3600); OAuth is served when "
+        "DATABRICKS_CLIENT_ID and DATABRICKS_CLIENT_SECRET are set",
+    )
+    parser.add_argument(
+        "--outage-after", type=int, default=None,
+        help="start an outage when this many chat requests have arrived (that one refused)",
+    )
+    parser.add_argument("--outage-seconds", type=float, default=None,
+                        help="how long the outage lasts")
+    parser.add_argument(
+        "--outage-kind", choices=OUTAGE_KINDS, default=None,
+        help="503: TEMPORARILY_UNAVAILABLE (default); drop: the connection closes, no answer",
+    )
 
 
-def options_from_args(args: argparse.Namespace, token: str) -> EndpointOptions:
-    """EndpointOptions from parsed flags; ValueError (naming the flag) for a bad value."""
+def options_from_args(
+    args: argparse.Namespace, token: str | None, client: tuple[str, str] | None = None
+) -> EndpointOptions:
+    """EndpointOptions from parsed flags, the static `token` and the OAuth `client` (id,
+    secret); ValueError (naming the flag) for a bad value."""
     # Imported here, not at the top, for start-up cost: the server loads the reference model.
     from pipeline.local.server import EndpointOptions
 
@@ -80,21 +102,54 @@ def options_from_args(args: argparse.Namespace, token: str) -> EndpointOptions:
         max_qph=args.max_qph,
         packed_answers=args.packed_answers,
         faults=faults,
+        oauth=_oauth(args, client),
+        outage=_outage(args),
     )
 
 
+def _oauth(args: argparse.Namespace, client: tuple[str, str] | None) -> OAuthClient | None:
+    lifetime = args.token_lifetime_seconds
+    if client is None:
+        if lifetime is not None:  # a flag that would silently do nothing is an error
+            raise ValueError("--token-lifetime-seconds needs DATABRICKS_CLIENT_ID and "
+                             "DATABRICKS_CLIENT_SECRET (OAuth) in the environment")
+        return None
+    return OAuthClient(*client, token_lifetime_s=3600 if lifetime is None else lifetime)
+
+
+def _outage(args: argparse.Namespace) -> Outage | None:
+    if args.outage_after is None:
+        if args.outage_seconds is not None or args.outage_kind is not None:
+            raise ValueError("--outage-seconds and --outage-kind need --outage-after")
+        return None
+    if args.outage_seconds is None:
+        raise ValueError("--outage-after needs --outage-seconds")
+    return Outage(args.outage_after, args.outage_seconds, args.outage_kind or "503")
+
+
 def serve(args: argparse.Namespace) -> int:
-    """Serve until Ctrl-C or SIGTERM. The token comes from DATABRICKS_TOKEN, never a flag,
-    so it stays out of shell history and process listings."""
-    token = os.environ.get("DATABRICKS_TOKEN")
-    if not token:
-        print("Set DATABRICKS_TOKEN to the token clients must send.", file=sys.stderr)
+    """Serve until Ctrl-C or SIGTERM, with the secrets the environment holds (module doc)."""
+    token = os.environ.get("DATABRICKS_TOKEN") or None
+    client_id = os.environ.get("DATABRICKS_CLIENT_ID") or None
+    client_secret = os.environ.get("DATABRICKS_CLIENT_SECRET") or None
+    if (client_id is None) != (client_secret is None):
+        print("Set both DATABRICKS_CLIENT_ID and DATABRICKS_CLIENT_SECRET for OAuth, or "
+              "neither.", file=sys.stderr)
+        return 2
+    client = (client_id, client_secret) if client_id and client_secret else None
+    if token is None and client is None:
+        print("Set DATABRICKS_TOKEN to the token clients must send, or DATABRICKS_CLIENT_ID "
+              "and DATABRICKS_CLIENT_SECRET to serve OAuth M2M.", file=sys.stderr)
         return 2
     # Imported here, not at the top, for start-up cost: building the CLI's parser must not load
     # the server and its reference model.
     from pipeline.local.server import LocalEndpoint
 
-    options = options_from_args(args, token)
+    try:
+        options = options_from_args(args, token, client)
+    except ValueError as exc:  # it names the flag, never a secret's value
+        print(f"serve-local: {exc}", file=sys.stderr)
+        return 2
     try:
         endpoint = LocalEndpoint(options, port=args.port)
     except OSError as exc:
@@ -112,6 +167,9 @@ def serve(args: argparse.Namespace) -> int:
                 f"{endpoint.family.name}); Ctrl-C stops it.",
                 flush=True,
             )
+            if options.oauth is not None:
+                print(f"OAuth M2M: tokens from {endpoint.url}{TOKEN} last "
+                      f"{options.oauth.token_lifetime_s} s.", flush=True)
             while not stopping.wait(0.5):
                 pass
     except KeyboardInterrupt:

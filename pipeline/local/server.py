@@ -3,8 +3,12 @@ the local reference model (pipeline.local.describer).
 
 The pipeline, its tests and `vision-batch serve-local` run against it with no workspace. It
 checks each request as pipeline.local.protocol says, refuses requests over a concurrency cap
-or a pay-per-token limit like a real endpoint, injects the faults pipeline.local.faults picks,
-and counts what it saw (`stats()`, GET /local/stats) so tests and benchmarks can check it.
+or a rate limit (pipeline.local.limits) like a real endpoint, injects the faults
+pipeline.local.faults picks, accepts a static token or the OAuth M2M tokens it mints
+(pipeline.local.oauth), goes down for an outage on demand (pipeline.local.outage), and counts
+what it saw (pipeline.local.stats; `stats()`, GET /local/stats) so tests and benchmarks can
+check it. The HTTP side (reading, routing,
+writing) is pipeline.local.handler; this module holds the options and the decisions.
 """
 
 from __future__ import annotations
@@ -12,23 +16,16 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import math
 import socket
-import sys
 import threading
 import time
-import traceback
-from collections import deque
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
-from pipeline.endpoint.pacing import NAMES, UNITS, window_s
+from pipeline.endpoint.pacing import NAMES
 from pipeline.images.limits import ModelFamily, load_catalog
 from pipeline.local import describer
 from pipeline.local.faults import (
-    FAULT_KINDS,
     PACKED_ANSWERS,
     PROXY_PAGE,
     SERVER_ERRORS,
@@ -36,13 +33,12 @@ from pipeline.local.faults import (
     misanswer,
     pick_fault,
 )
+from pipeline.local.handler import Handler, Server, shutdown
+from pipeline.local.limits import Limits
+from pipeline.local.oauth import OAuthClient, TokenIssuer
+from pipeline.local.outage import Outage, OutageWindow
 from pipeline.local.protocol import (
-    CHAT_COMPLETIONS,
-    ENDPOINT_INFO,
-    INVOCATIONS,
-    WELL_KNOWN,
     BadRequest,
-    ChatRequest,
     Reply,
     completion,
     error_reply,
@@ -50,19 +46,13 @@ from pipeline.local.protocol import (
     json_bytes,
     parse_chat,
 )
-
-RPM_WINDOW_S = 60.0
-
-# Bodies longer than this are not even drained: the connection is closed after the 400.
-_DRAIN_LIMIT = 256 * 1024 * 1024
-
-# The local endpoint's own route: its counters.
-_STATS = "/local/stats"
+from pipeline.local.stats import Counters
 
 
 @dataclass
 class EndpointOptions:
-    token: str  # bearer token clients must send
+    # The static bearer token (a PAT) clients may send; None when only OAuth is served.
+    token: str | None = field(default=None, repr=False)
     family: ModelFamily | None = None  # limits to enforce; None: the generic family
     endpoint_name: str | None = None  # other names get 404; None accepts any name
     # Service time of every answered request: from reading it to answering, our own decoding
@@ -82,10 +72,15 @@ class EndpointOptions:
     # measured, or misbehaving the way models do, so the pipeline's matching can be tested.
     packed_answers: str = "ordered"
     faults: Faults = field(default_factory=Faults)
+    # OAuth M2M: the service principal whose minted access tokens are accepted as well.
+    oauth: OAuthClient | None = None
+    outage: Outage | None = None  # a planned outage (see pipeline.local.outage)
 
     def __post_init__(self) -> None:
-        if not self.token:
+        if self.token is not None and not self.token:
             raise ValueError("the endpoint needs a non-empty token")
+        if self.token is None and self.oauth is None:
+            raise ValueError("the endpoint needs a token or an OAuth client")
         if not self.latency_ms >= 0:
             raise ValueError(f"--latency-ms must be zero or more, not {self.latency_ms}")
         if self.max_concurrency is not None and self.max_concurrency < 1:
@@ -101,217 +96,6 @@ class EndpointOptions:
             )
 
 
-def _fresh_stats() -> dict[str, Any]:
-    return {
-        "requests": 0,
-        "answered_ok": 0,
-        "by_status": {},
-        "faults": dict.fromkeys(FAULT_KINDS, 0),
-        "rejected_400": 0,
-        "over_rpm": 0,  # 429s from the per-minute cap
-        # 429s from the token and query limits, by the limit that refused
-        "over_itpm": 0, "over_otpm": 0, "over_qph": 0,
-        "unauthorized": 0,
-        "max_in_flight": 0,
-        "in_flight": 0,
-        "images": 0,
-        # Wall-clock window of the traffic, so benchmarks can measure throughput as the
-        # endpoint saw it: answered_ok / (last_answer_at - first_request_at).
-        "first_request_at": None,
-        "last_answer_at": None,
-        # Time with nothing in flight between two requests: what a client left unused. The
-        # gaps of a second or more are counted too (a batch boundary, say).
-        "idle_s": 0.0,
-        "idle_gaps_over_1s": 0,
-        "idle_since": None,
-    }
-
-
-# ---------------------------------------------------------------------------------------------
-# The server.
-
-
-class _ClientGone(Exception):
-    """The client closed the connection before sending the whole body."""
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True  # a hanging client must never keep the process alive
-    # socketserver's default backlog of 5 drops the SYNs of a burst of new connections; the
-    # clients then retry after a full second, which looks like a slow endpoint.
-    request_queue_size = 256
-    endpoint: LocalEndpoint
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client that goes away mid-answer is normal here (drop and hang faults, timeouts).
-        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
-            return
-        super().handle_error(request, client_address)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, as the pooled clients expect
-    server_version = "vision-batch-local/0.1"
-    sys_version = ""
-    timeout = 300  # an idle keep-alive connection is closed after this many seconds
-    # Headers and body go out in two writes; with Nagle's algorithm the body would wait for
-    # the client's delayed ACK (~40 ms on Linux) on every answer.
-    disable_nagle_algorithm = True
-    server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Silent: per-request lines are noise, and nothing about a request may be logged."""
-
-    def setup(self) -> None:
-        super().setup()
-        self.server.endpoint._track(self.connection)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        except OSError:
-            pass
-        finally:
-            self.server.endpoint._untrack(self.connection)
-
-    def do_GET(self) -> None:
-        ep = self.server.endpoint
-        path = urlsplit(self.path).path
-        if path == WELL_KNOWN:
-            # The databricks-sdk probes this when it builds a Config; an empty object makes it
-            # fall back to the host and token it was given.
-            self._send(Reply(200, b"{}"))
-            return
-        if not self._authorized():
-            self._send(ep._unauthorized())
-            return
-        info = ENDPOINT_INFO.fullmatch(path)
-        if path == _STATS:
-            self._send(Reply(200, json_bytes(ep.stats())))
-        elif info:
-            self._send(ep._endpoint_info(unquote(info.group(1))))
-        else:
-            self._send(_not_found("GET", path))
-
-    def do_POST(self) -> None:
-        ep = self.server.endpoint
-        path = urlsplit(self.path).path
-        invocations = INVOCATIONS.fullmatch(path)
-        try:
-            body, length = self._read_body(ep.family.max_request_bytes)
-        except _ClientGone:
-            self.close_connection = True
-            return
-        if not invocations and path != CHAT_COMPLETIONS:
-            self._send(_not_found("POST", path) if self._authorized() else ep._unauthorized())
-            return
-        ep._count_request()
-        if not self._authorized():
-            self._send(ep._unauthorized(chat=True))
-            return
-        wait_s = ep._rpm_wait()
-        if wait_s is not None:
-            self._send(ep._over_rpm(wait_s))
-            return
-        if not ep._admit():
-            self._send(ep._over_capacity())
-            return
-        reply = None
-        try:
-            name = unquote(invocations.group(1)) if invocations else None
-            reply = ep._decide(name, body, length)
-        except Exception:  # a bug here must not leave the client waiting: answer 500
-            traceback.print_exc()
-            reply = error_reply(500, "INTERNAL_ERROR", "The local endpoint failed unexpectedly.")
-        finally:
-            # Out of flight and counted BEFORE any byte is written: a client that sends its
-            # next request the moment it reads this answer must not meet a stale count.
-            ep._release(reply)
-        self._send(reply)
-
-    def do_PUT(self) -> None:
-        self._other_method()
-
-    do_DELETE = do_PATCH = do_PUT
-
-    def _other_method(self) -> None:
-        try:
-            self._read_body(self.server.endpoint.family.max_request_bytes)
-        except _ClientGone:
-            self.close_connection = True
-            return
-        reply = _not_found(self.command, urlsplit(self.path).path)
-        self._send(reply if self._authorized() else self.server.endpoint._unauthorized())
-
-    def _authorized(self) -> bool:
-        scheme, _, value = self.headers.get("Authorization", "").partition(" ")
-        given = value.strip().encode("utf-8", "surrogateescape")
-        expected = self.server.endpoint.options.token.encode("utf-8", "surrogateescape")
-        # Constant-time comparison: the token is a secret even on a test server.
-        return scheme.lower() == "bearer" and hmac.compare_digest(given, expected)
-
-    def _read_body(self, keep_limit: int) -> tuple[bytes | None, int]:
-        """(body, declared length). Bodies over `keep_limit` are drained, not kept (None), so
-        the client can still read the 400 that follows."""
-        declared = self.headers.get("Content-Length")
-        if declared is None:
-            if self.headers.get("Transfer-Encoding"):
-                self.close_connection = True  # chunked bodies are not supported: end unknown
-            return b"", 0
-        try:
-            length = int(declared)
-        except ValueError:
-            length = -1
-        if length < 0:
-            self.close_connection = True
-            return b"", 0
-        if length <= keep_limit:
-            body = self.rfile.read(length)
-            if len(body) < length:
-                raise _ClientGone
-            return body, length
-        if length > _DRAIN_LIMIT:
-            self.close_connection = True
-            return None, length
-        remaining = length
-        while remaining:
-            chunk = self.rfile.read(min(remaining, 1 << 16))
-            if not chunk:
-                raise _ClientGone
-            remaining -= len(chunk)
-        return None, length
-
-    def _send(self, reply: Reply) -> None:
-        if reply.action == "hang":
-            self._hang_up()
-            return
-        try:
-            self.send_response(reply.status)
-            self.send_header("Content-Type", reply.content_type)
-            self.send_header("Content-Length", str(len(reply.body)))
-            for name, value in reply.headers:
-                self.send_header(name, value)
-            self.end_headers()
-            if reply.action == "drop":
-                self.wfile.write(reply.body[: len(reply.body) // 2])
-                self._hang_up()
-            else:
-                self.wfile.write(reply.body)
-        except (ConnectionError, TimeoutError):
-            self.close_connection = True
-
-    def _hang_up(self) -> None:
-        self.close_connection = True
-        try:
-            self.connection.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-
-
-def _not_found(method: str, path: str) -> Reply:
-    return error_reply(404, "NOT_FOUND", f"No route for {method} {path[:200]}.")
-
-
 class LocalEndpoint:
     """The server, bound to 127.0.0.1 at construction; `start()` serves in a daemon thread."""
 
@@ -321,15 +105,15 @@ class LocalEndpoint:
         self._lock = threading.Lock()
         self._stopping = threading.Event()  # wakes latency sleeps and hanging requests
         self._stopped = False
-        self._stats = _fresh_stats()
-        self._digests: set[str] = set()
+        self._counters = Counters()
+        self._issuer = TokenIssuer(options.oauth) if options.oauth else None
+        self._outage = OutageWindow(options.outage)
         self._seen: dict[str, int] = {}  # body digest -> sightings, for fault injection
-        self._admitted_at: deque[float] = deque()  # start times inside the rpm window
-        # What the token and query limits counted, over each one's window.
-        self._tallies = {name: _Tally(window_s(name)) for name in NAMES}
+        self._limits = Limits(options.max_rpm, options.max_itpm, options.max_otpm,
+                             options.max_qph)
         self._connections: dict[socket.socket, threading.Thread] = {}
         self._thread: threading.Thread | None = None
-        self._server = _Server(("127.0.0.1", port), _Handler)
+        self._server = Server(("127.0.0.1", port), Handler)
         self._server.endpoint = self
 
     @property
@@ -366,7 +150,7 @@ class LocalEndpoint:
         self._server.server_close()
         # Idle keep-alive connections block in a read: shutting the socket ends them.
         for sock, _ in connections:
-            _shutdown(sock)
+            shutdown(sock)
         deadline = time.monotonic() + 1.5
         for _, thread in connections:
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
@@ -380,20 +164,17 @@ class LocalEndpoint:
     def stats(self) -> dict[str, Any]:
         """Counters since start or reset_stats(). `requests` and `by_status` count POSTs to
         the chat routes; a dropped or hung request has no status (see `faults`);
-        `unauthorized` counts 401s on every route."""
-        with self._lock:
-            snapshot = json.loads(json.dumps(self._stats))
-            snapshot["image_digests_answered"] = len(self._digests)
-        return snapshot
+        `unauthorized` counts 401s on every route, of which `unauthorized_expired` for an
+        expired OAuth token and `invalid_client` for a wrong client at the token endpoint;
+        `tokens_issued` the OAuth tokens minted; `outage_refused` the chat requests an outage
+        refused, and outage_active/_kind/_started_at/_ended_at describe the last outage."""
+        return {**self._counters.snapshot(), **self._outage.report()}
 
     def reset_stats(self) -> None:
-        """Zero the counters. Requests in flight stay counted; the fault sequence per body is
-        behaviour, not a statistic, so it carries on."""
-        with self._lock:
-            in_flight = self._stats["in_flight"]
-            self._stats = _fresh_stats()
-            self._stats["in_flight"] = self._stats["max_in_flight"] = in_flight
-            self._digests.clear()
+        """Zero the counters. Requests in flight stay counted; the fault sequence per body,
+        the tokens minted and the outage (its plan, its window) are behaviour, not
+        statistics, so they carry on."""
+        self._counters.reset()
 
     # -- used by the handler ---------------------------------------------------------------
 
@@ -402,97 +183,84 @@ class LocalEndpoint:
             self._connections[sock] = threading.current_thread()
             stopped = self._stopped
         if stopped:  # accepted just as stop() ran: do not leave it waiting for a request
-            _shutdown(sock)
+            shutdown(sock)
 
     def _untrack(self, sock: socket.socket) -> None:
         with self._lock:
             self._connections.pop(sock, None)
 
-    def _count_request(self) -> None:
-        with self._lock:
-            self._stats["requests"] += 1
-            if self._stats["first_request_at"] is None:
-                self._stats["first_request_at"] = time.time()
-
-    def _unauthorized(self, chat: bool = False) -> Reply:
-        reply = error_reply(401, "UNAUTHENTICATED", "Missing or invalid bearer token.")
-        with self._lock:
-            self._stats["unauthorized"] += 1
-            if chat:
-                self._count_status(reply)
-        return reply
-
-    def _rpm_wait(self) -> float | None:
-        """Seconds until the per-minute cap admits another request; None when it does now,
-        and then the request is counted in the window."""
-        cap = self.options.max_rpm
-        if cap is None:
-            return None
-        with self._lock:
-            now = time.monotonic()
-            while self._admitted_at and now - self._admitted_at[0] >= RPM_WINDOW_S:
-                self._admitted_at.popleft()
-            if len(self._admitted_at) >= cap:
-                return RPM_WINDOW_S - (now - self._admitted_at[0])
-            self._admitted_at.append(now)
-            return None
-
-    def _over_rpm(self, wait_s: float) -> Reply:
-        reply = error_reply(
-            429,
-            "REQUEST_LIMIT_EXCEEDED",
-            f"The endpoint's limit of {self.options.max_rpm} requests per minute is exceeded.",
-            headers=(("Retry-After", str(max(1, math.ceil(wait_s)))),),
-        )
-        with self._lock:
-            self._count_status(reply)
-            self._stats["over_rpm"] += 1
-        return reply
-
-    def _admit_tokens(self, request: ChatRequest) -> Reply | None:
-        """None when the token and query limits admit the request (it is then counted), else
-        the refusal: a 400 for a request larger than a whole minute, or a 429."""
-        o = self.options
-        tokens = input_tokens(request, self.family)
-        if o.max_itpm is not None and tokens > o.max_itpm:
-            return error_reply(
-                400, "BAD_REQUEST",
-                f"The request has {tokens:,} input tokens; the endpoint's limit is "
-                f"{o.max_itpm:,} input tokens per minute.")
-        needs = {"itpm": (o.max_itpm, tokens), "otpm": (o.max_otpm, 1), "qph": (o.max_qph, 1)}
-        with self._lock:
-            now = time.monotonic()
-            waits = {name: self._tallies[name].wait(need, limit, now)
-                     for name, (limit, need) in needs.items() if limit is not None}
-            refused = max(waits, key=waits.__getitem__, default=None)
-            if refused is None or waits[refused] == 0.0:
-                self._tallies["itpm"].add(tokens, now)
-                self._tallies["qph"].add(1, now)
+    def _auth_refusal(self, authorization: str, chat: bool) -> Reply | None:
+        """None for the static token or a live minted one; else the 401, counted (`chat`:
+        its status too), saying so when the token was minted here and has expired."""
+        scheme, _, value = authorization.partition(" ")
+        given = value.strip()
+        state = "invalid"
+        if scheme.lower() == "bearer":
+            static = self.options.token
+            # Constant-time comparison: the token is a secret even on a test server.
+            if static and hmac.compare_digest(given.encode("utf-8", "surrogateescape"),
+                                              static.encode("utf-8", "surrogateescape")):
                 return None
-            self._stats[f"over_{refused}"] += 1
-        return error_reply(
-            429, "REQUEST_LIMIT_EXCEEDED",
-            f"The endpoint's limit of {needs[refused][0]:,} {UNITS[refused]} is exceeded.",
-            headers=(("Retry-After", str(max(1, math.ceil(waits[refused])))),))
+            if self._issuer is not None:
+                state = self._issuer.check(given) or "ok"
+                if state == "ok":
+                    return None
+        if state == "expired":
+            # Real Databricks answers an expired OAuth token with a 401 too; the SDK then
+            # fetches a new one.
+            reply = error_reply(401, "UNAUTHENTICATED", "The access token has expired.")
+            names: tuple[str, ...] = ("unauthorized", "unauthorized_expired")
+        else:
+            reply = error_reply(401, "UNAUTHENTICATED", "Missing or invalid bearer token.")
+            names = ("unauthorized",)
+        if chat:
+            self._counters.refused(reply, *names)
+        else:
+            self._counters.add(*names)
+        return reply
 
-    def _count_output(self, tokens: int) -> None:
-        with self._lock:
-            self._tallies["otpm"].add(tokens, time.monotonic())
+    def _token(self, authorization: str, content_type: str, body: bytes | None) -> Reply:
+        """The OAuth token endpoint's answer (an access token, or an OAuth error)."""
+        assert self._issuer is not None
+        answer = self._issuer.answer(authorization, content_type, body)
+        if answer.status == 200:
+            self._counters.add("tokens_issued")
+        elif answer.status == 401:
+            self._counters.add("unauthorized", "invalid_client")
+        return Reply(answer.status, json_bytes(answer.body), headers=answer.headers)
 
-    def _admit(self) -> bool:
-        with self._lock:
-            limit = self.options.max_concurrency
-            if limit is not None and self._stats["in_flight"] >= limit:
-                return False
-            if self._stats["in_flight"] == 0 and self._stats["idle_since"] is not None:
-                gap = time.time() - self._stats["idle_since"]
-                self._stats["idle_s"] += gap
-                self._stats["idle_gaps_over_1s"] += gap >= 1.0
-            self._stats["in_flight"] += 1
-            self._stats["max_in_flight"] = max(
-                self._stats["max_in_flight"], self._stats["in_flight"]
-            )
-            return True
+    def start_outage(self, seconds: float, kind: str = "503") -> dict[str, Any]:
+        """Refuse every chat request for `seconds` from now, as `kind` ("503" or "drop")
+        says; replaces any open outage. The outage_* stats it starts; ValueError for a bad
+        value."""
+        return self._outage.start(seconds, kind)
+
+    def _outage_request(self, body: bytes | None) -> Reply:
+        """POST /local/outage with {"seconds": S, "kind": "503" | "drop"}."""
+        try:
+            payload = json.loads(body or b"")
+        except (ValueError, UnicodeDecodeError):
+            payload = None
+        if not isinstance(payload, dict):
+            return error_reply(400, "BAD_REQUEST", 'The body must be {"seconds": S, "kind": K}.')
+        seconds: Any = payload.get("seconds")  # checked by start(), like the kind
+        try:
+            report = self._outage.start(seconds, payload.get("kind", "503"))
+        except ValueError as exc:
+            return error_reply(400, "BAD_REQUEST", str(exc))
+        return Reply(200, json_bytes(report))
+
+    def _outage_refusal(self) -> Reply | None:
+        """The refusal of a chat request arriving during an outage (counted), else None."""
+        kind = self._outage.refusal()
+        if kind is None:
+            return None
+        if kind == "drop":
+            reply = Reply(0, action="hang")  # closed at once, no answer: a connection error
+        else:
+            reply = error_reply(503, "TEMPORARILY_UNAVAILABLE", SERVER_ERRORS["503"][1])
+        self._counters.refused(reply, "outage_refused")
+        return reply
 
     def _over_capacity(self) -> Reply:
         reply = error_reply(
@@ -501,32 +269,8 @@ class LocalEndpoint:
             f"Too many concurrent requests (at most {self.options.max_concurrency}).",
             headers=self._retry_after(),
         )
-        with self._lock:
-            self._count_status(reply)
+        self._counters.refused(reply)
         return reply
-
-    def _release(self, reply: Reply | None) -> None:
-        with self._lock:
-            self._stats["in_flight"] -= 1
-            if self._stats["in_flight"] == 0:
-                self._stats["idle_since"] = time.time()
-            if reply is None:
-                return
-            self._count_status(reply)
-            if reply.fault:
-                self._stats["faults"][reply.fault] += 1
-            if reply.status == 400:
-                self._stats["rejected_400"] += 1
-            if reply.answered_ok:
-                self._stats["last_answer_at"] = time.time()
-                self._stats["answered_ok"] += 1
-                self._stats["images"] += len(reply.image_digests)
-                self._digests.update(reply.image_digests)
-
-    def _count_status(self, reply: Reply) -> None:
-        if reply.action == "send":  # a dropped or hung request never got a whole answer
-            by_status = self._stats["by_status"]
-            by_status[str(reply.status)] = by_status.get(str(reply.status), 0) + 1
 
     def _endpoint_info(self, name: str) -> Reply:
         if self.options.endpoint_name and name != self.options.endpoint_name:
@@ -568,9 +312,12 @@ class LocalEndpoint:
             request = parse_chat(payload, family)
         except BadRequest as exc:
             return error_reply(400, "BAD_REQUEST", str(exc))
-        refused = self._admit_tokens(request)
+        refused = self._limits.admit_tokens(input_tokens(request, family))
         if refused is not None:
-            return refused
+            reply, limit = refused
+            if limit is not None:
+                self._counters.add(f"over_{limit}")
+            return reply
         fault = self._fault_for(body)
         faults = self.options.faults
         if fault == "429":
@@ -590,7 +337,7 @@ class LocalEndpoint:
                                          request.prompt_text)
             content = misanswer(content, self.options.packed_answers)
             body_out = completion(name, content, request, family)
-            self._count_output(body_out["usage"]["completion_tokens"])
+            self._limits.count_output(body_out["usage"]["completion_tokens"])
             answer = json_bytes(body_out)
         remaining = self.options.latency_ms / 1000 - (time.monotonic() - started)
         if remaining > 0:
@@ -618,37 +365,3 @@ class LocalEndpoint:
             n = self._seen.get(key, 0)
             self._seen[key] = n + 1
         return pick_fault(faults, key, n)
-
-
-class _Tally:
-    """Amounts counted at given times, summed over the last `seconds` (a sliding window)."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.total = 0
-        self._log: deque[tuple[float, int]] = deque()
-
-    def add(self, amount: int, now: float) -> None:
-        self._log.append((now, amount))
-        self.total += amount
-
-    def wait(self, need: int, limit: int, now: float) -> float:
-        """0.0 when `need` more fits under `limit` now, else the seconds until it does."""
-        while self._log and self._log[0][0] + self.seconds <= now:
-            self.total -= self._log.popleft()[1]
-        excess = self.total + need - limit
-        if excess <= 0:
-            return 0.0
-        for at, amount in self._log:
-            excess -= amount
-            if excess <= 0:
-                return at + self.seconds - now
-        return self.seconds
-
-
-def _shutdown(sock: socket.socket) -> None:
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-

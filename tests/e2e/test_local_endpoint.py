@@ -6,6 +6,11 @@ import argparse
 import io
 import json
 import math
+import os
+import re
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -371,3 +376,45 @@ def test_serve_needs_a_token(monkeypatch: pytest.MonkeyPatch, capsys: Any) -> No
         options_from_args(parser.parse_args(["--rate-drop", "2"]), TOKEN)
     options = options_from_args(parser.parse_args(["--family", "gemma3", "--seed", "4"]), TOKEN)
     assert options.family.name == "gemma3" and options.faults.seed == 4
+
+
+def test_serve_local_serves_oauth_and_outages_without_a_static_token(tmp_path: Any) -> None:
+    """`vision-batch serve-local` as its own process: OAuth from its environment (no
+    DATABRICKS_TOKEN), a planned outage from flags, another one started over HTTP."""
+    from databricks.sdk.core import Config
+
+    client_id, secret = "serve-local-sp", "serve-local-sp-secret"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DATABRICKS_")}
+    env.update(DATABRICKS_CLIENT_ID=client_id, DATABRICKS_CLIENT_SECRET=secret,
+               DATABRICKS_CONFIG_FILE=str(tmp_path / "absent.cfg"))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "serve-local", "--port", "0",
+         "--token-lifetime-seconds", "120", "--outage-after", "2", "--outage-seconds", "60"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)
+    try:
+        assert process.stdout is not None
+        found = re.search(r"http://127\.0\.0\.1:\d+", process.stdout.readline())
+        assert found, process.stderr.read() if process.stderr else ""
+        url = found.group(0)
+        assert "last 120 s" in process.stdout.readline()
+        sdk = Config(host=url, client_id=client_id, client_secret=secret,
+                     config_file=str(tmp_path / "absent.cfg"))
+        headers = sdk.authenticate()
+        chat = f"{url}/serving-endpoints/{NAME}/invocations"
+        first = httpx.post(chat, content=body(), headers=headers, timeout=10)
+        assert first.status_code == 200, first.text
+        assert httpx.post(chat, content=body(), headers=headers, timeout=10).status_code == 503
+        start = httpx.post(f"{url}/local/outage", json={"seconds": 60, "kind": "drop"},
+                           headers=headers, timeout=10)
+        assert start.status_code == 200 and start.json()["outage_kind"] == "drop"
+        with pytest.raises(httpx.RemoteProtocolError):
+            httpx.post(chat, content=body(), headers=headers, timeout=10)
+        stats = httpx.get(f"{url}/local/stats", headers=headers, timeout=10).json()
+        assert stats["tokens_issued"] == 1 and stats["outage_refused"] == 2
+        assert stats["answered_ok"] == 1 and stats["outage_active"] is True
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        out, err = process.communicate(timeout=20)
+    assert process.returncode == 0, err
+    assert secret not in out + err and "Traceback" not in err
