@@ -4,7 +4,6 @@ started on demand (in process and by POST /local/outage), as 503s or dropped con
 from __future__ import annotations
 
 import argparse
-import time
 from typing import Any
 
 import httpx
@@ -20,8 +19,25 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 CHAT = {"model": "any", "messages": [{"role": "user", "content": "hello"}]}
 
 
-def serving(**options: Any) -> LocalEndpoint:
-    return LocalEndpoint(EndpointOptions(token=TOKEN, **options))
+class Clock:
+    """The outage window's clock, moved by the test: a window of a second stays open for as
+    long as a loaded machine takes to send the requests that check it."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def wall(self) -> float:
+        return 1_700_000_000.0 + self.now
+
+
+def serving(clock: Clock | None = None, **options: Any) -> LocalEndpoint:
+    endpoint = LocalEndpoint(EndpointOptions(token=TOKEN, **options))
+    if clock is not None:
+        endpoint._outage = OutageWindow(options.get("outage"), clock.monotonic, clock.wall)
+    return endpoint
 
 
 def chat(ep: LocalEndpoint, headers: dict[str, str] = AUTH) -> httpx.Response:
@@ -29,16 +45,12 @@ def chat(ep: LocalEndpoint, headers: dict[str, str] = AUTH) -> httpx.Response:
     return httpx.post(url, json=CHAT, headers=headers, timeout=10)
 
 
-def wait_until(deadline: float) -> None:
-    time.sleep(max(0.0, deadline - time.monotonic()))
-
-
 def test_a_planned_outage_opens_at_the_nth_request_and_closes_after_its_seconds() -> None:
-    with serving(outage=Outage(after_requests=3, seconds=1.0)) as ep:
+    clock = Clock()
+    with serving(clock, outage=Outage(after_requests=3, seconds=1.0)) as ep:
         assert [chat(ep).status_code for _ in range(2)] == [200, 200]
         assert ep.stats()["outage_started_at"] is None
         third = chat(ep)  # opens the window, and is refused already
-        opened = time.monotonic()
         assert third.status_code == 503
         assert third.json()["error_code"] == "TEMPORARILY_UNAVAILABLE"
         assert chat(ep).status_code == 503
@@ -52,31 +64,33 @@ def test_a_planned_outage_opens_at_the_nth_request_and_closes_after_its_seconds(
         assert during["outage_refused"] == 2 and during["outage_ended_at"] is None
         assert during["by_status"] == {"200": 2, "503": 2, "401": 1}
         assert during["answered_ok"] == 2 and during["faults"]["503"] == 0
-        wait_until(opened + 1.05)
+        clock.now += 0.99
+        assert chat(ep).status_code == 503
+        clock.now += 0.02
         assert chat(ep).status_code == 200
         after = ep.stats()
-    assert after["outage_active"] is False and after["outage_refused"] == 2
+    assert after["outage_active"] is False and after["outage_refused"] == 3
     assert after["outage_ended_at"] == after["outage_started_at"] + 1.0
-    assert after["requests"] == 6 and after["answered_ok"] == 3
+    assert after["requests"] == 7 and after["answered_ok"] == 3
 
 
 def test_refused_requests_use_none_of_the_limits() -> None:
-    with serving(outage=Outage(after_requests=1, seconds=0.5), max_rpm=2) as ep:
-        opened = time.monotonic()
+    clock = Clock()
+    with serving(clock, outage=Outage(after_requests=1, seconds=0.5), max_rpm=2) as ep:
         assert chat(ep).status_code == 503
-        wait_until(opened + 0.55)
+        clock.now += 0.55
         assert [chat(ep).status_code for _ in range(3)] == [200, 200, 429]
         assert ep.stats()["over_rpm"] == 1
 
 
 def test_start_outage_refuses_from_now_for_its_seconds() -> None:
-    with serving() as ep:
+    clock = Clock()
+    with serving(clock) as ep:
         assert chat(ep).status_code == 200
         report = ep.start_outage(0.6)
-        opened = time.monotonic()
         assert report["outage_active"] is True and report["outage_kind"] == "503"
         assert chat(ep).status_code == 503
-        wait_until(opened + 0.65)
+        clock.now += 0.65
         assert chat(ep).status_code == 200
         stats = ep.stats()
         assert stats["outage_refused"] == 1 and stats["answered_ok"] == 2
