@@ -31,6 +31,11 @@ class Status(_Word):
     FAILED = "failed"  # sent, and no usable answer after the retries
 
 
+# Not a status of any table: an answer row put off for the run's reasons (credentials refused
+# after a refresh, an endpoint outage), never written. The run asks it again once that is
+# mended (pipeline/runs/recovery.py), or, past a bound, writes it `failed`.
+DEFERRED = "deferred"
+
 # Statuses a rerun does not ask again: an answer, or a file that cannot be sent as it is.
 DONE = (Status.OK, Status.INVALID)
 

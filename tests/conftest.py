@@ -20,7 +20,8 @@ REPO = Path(__file__).resolve().parents[1]
 TIERS = ("unit", "spark", "e2e")  # the folders under tests/, one marker each
 
 # Tests never talk to a real workspace, whatever the developer's shell holds.
-for _name in ("DATABRICKS_HOST", "DATABRICKS_TOKEN", "DATABRICKS_CONFIG_PROFILE"):
+for _name in ("DATABRICKS_HOST", "DATABRICKS_TOKEN", "DATABRICKS_CONFIG_PROFILE",
+              "DATABRICKS_CLIENT_ID", "DATABRICKS_CLIENT_SECRET"):
     os.environ.pop(_name, None)
 # The shared `spark` session is a classic local one; the Connect tier starts its own server.
 os.environ.pop("SPARK_REMOTE", None)

@@ -34,7 +34,7 @@ from pipeline.endpoint.payloads import (
     encode,
     text_tokens,
 )
-from pipeline.outcomes import ErrorClass, Status
+from pipeline.outcomes import DEFERRED, ErrorClass, Status
 
 # The answer fields of one image (the captions table's, plus `throttled`, `request_share` and
 # HELD for the run's totals).
@@ -143,9 +143,11 @@ def cost(spec: PromptSpec, image_tokens: int) -> Cost:
 
 
 def failed_row(result: CallResult, images: int = 1) -> dict:
-    """A CAPTIONED row for a request that got no usable answer; `images` shared it."""
+    """A CAPTIONED row for a request that got no usable answer, or was put off (DEFERRED);
+    `images` shared it."""
     return {**held(result, images),
-        "status": Status.FAILED, "caption": None, "response_json": None,
+        "status": DEFERRED if result.deferred else Status.FAILED,
+        "caption": None, "response_json": None,
         "prompt_tokens": None, "completion_tokens": None, "total_tokens": None,
         "usage_source": None, "attempts": result.attempts, "latency_ms": result.latency_ms,
         "error_class": result.error_class, "error_message": result.error_message,
@@ -216,7 +218,7 @@ async def ask(
             _packed_row(result, spec, answer, share, token, count, source)
             for answer, share, token in zip(packed.answers, shares, tokens, strict=True)
         ]
-    if not result.ok and result.error_class not in FALL_BACK:
+    if not result.ok and (result.deferred or result.error_class not in FALL_BACK):
         return [failed_row(result, count) for _ in images]
     singles = await asyncio.gather(*(ask(client, plan, [image], [t])
                                      for image, t in zip(images, tokens, strict=True)))

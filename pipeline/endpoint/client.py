@@ -21,15 +21,22 @@ from typing import Any
 
 import httpx
 
-from pipeline.endpoint.auth import Credentials
+from pipeline.endpoint.auth import Credentials, CredentialSource
+from pipeline.endpoint.breaker import OUTAGE, Breaker
 from pipeline.endpoint.pacing import Cost, Pacer, Ticket, TokenLimits, oversized
-from pipeline.endpoint.payloads import BadResponse, error_message
+from pipeline.endpoint.payloads import BadResponse, PromptSpec, chat_body, encode, error_message
 from pipeline.errors import RunError
 from pipeline.outcomes import ErrorClass
 
 # Longest wait we accept from a Retry-After header; a server asking for more is treated as
 # "later", and the row fails as rate_limited after its attempts rather than stalling a task.
 MAX_RETRY_AFTER_S = 300.0
+
+# A request whose credentials are refused gets fresh ones and is sent again, this many times
+# at most; then it is put off, and the driver decides (pipeline/runs/recovery.py).
+AUTH_RENEWALS = 2
+# How often a retry's backoff looks whether the breaker has opened meanwhile.
+NAP_S = 0.5
 
 RETRIABLE = {ErrorClass.RATE_LIMITED, ErrorClass.TIMEOUT, ErrorClass.SERVER_ERROR,
              ErrorClass.CONNECTION_ERROR, ErrorClass.BAD_RESPONSE}
@@ -61,6 +68,9 @@ class CallResult:
     latency_ms: int | None
     throttled: int = 0  # how many 429s this row met
     held_s: dict[str, float] = field(default_factory=dict)  # waits for room, by limit
+    # Put off, not failed: the cause is the run's (credentials, an outage), not the row's;
+    # the row is asked again once that is mended.
+    deferred: bool = False
 
     @property
     def ok(self) -> bool:
@@ -177,18 +187,23 @@ def backoff_seconds(attempt: int, base: float, cap: float, rng: random.Random) -
 class CaptionClient:
     settings: ClientSettings
     rng: random.Random = field(default_factory=random.Random)
+    # Where the headers come from: the settings' snapshot (an executor's batch), or the
+    # driver's Authenticator, asked before every attempt so a run outlives its tokens.
+    source: CredentialSource | None = None
+    breaker: Breaker = field(default_factory=Breaker)
 
     async def __aenter__(self) -> CaptionClient:
         s = self.settings
         self.limit = AdaptiveLimit(s.concurrency)
         self.gate = RateGate(s.rpm)
         self.pacer = Pacer(s.limits) if s.limits.given() else None
+        self._source: CredentialSource = self.source or s.credentials
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(s.timeout_s, connect=min(10.0, s.timeout_s)),
             limits=httpx.Limits(
                 max_connections=s.concurrency, max_keepalive_connections=s.concurrency
             ),
-            headers={**s.credentials.header_dict(), "Content-Type": "application/json"},
+            headers={"Content-Type": "application/json"},
         )
         return self
 
@@ -198,21 +213,37 @@ class CaptionClient:
     async def call(self, body: bytes, parse: Parser, cost: Cost | None = None) -> CallResult:
         """Send one request body, retrying until it succeeds or cannot; `parse` reads a 200
         body (e.g. `payloads.caption_parser(...)`) and raises BadResponse when it is unusable.
-        `cost` is what the request takes from the token limits, when the run has any."""
+        `cost` is what the request takes from the token limits, when the run has any.
+
+        A request is put off (`deferred`), not failed, when the cause is the run's and not
+        the row's: credentials refused even after a refresh, or an outage (the Breaker)."""
         s = self.settings
         # Paced when the run has token limits and this request says what it takes from them.
         pacer = self.pacer if cost is not None else None
         if pacer is not None and cost is not None and (why := oversized(s.limits, cost)):
             return CallResult(None, ErrorClass.REJECTED, why, 0, None)
         attempt = _Attempt(ErrorClass.CONNECTION_ERROR, "No attempt was made.")
-        throttled = 0
+        number = throttled = renewed = 0
+        failures = 0  # attempts that failed, but for refused credentials
+        met_outage = False
         latency_ms = None
+        answered_before = self.breaker.answered
         held = dict.fromkeys(pacer.windows, 0.0) if pacer is not None else {}
-        for number in range(1, s.max_attempts + 1):
+
+        def result(deferred: bool = False) -> CallResult:
+            return CallResult(attempt.answer, attempt.error_class, attempt.message, number,
+                              latency_ms, throttled, held, deferred)
+
+        while True:
             await self.gate.wait()
             epoch = await self.limit.acquire()  # CancelledError once the run is stopping
             ticket: Ticket | None = None
             started = time.perf_counter()
+            if self.breaker.open:  # the endpoint is down: nothing is sent until it is back
+                await self.limit.release(epoch, False)
+                attempt = _Attempt(attempt.error_class if number else ErrorClass.SERVER_ERROR,
+                                   self.breaker.cause or "The endpoint is down.")
+                return result(deferred=True)
             try:
                 if pacer is not None and cost is not None:
                     ticket = await pacer.admit(cost)
@@ -223,29 +254,59 @@ class CaptionClient:
                         ticket = None
                         raise asyncio.CancelledError
                     started = time.perf_counter()
-                attempt = await self._attempt(body, parse)
+                used = await self._credentials()
+                number += 1
+                attempt = await self._attempt(body, parse, used)
             finally:
                 latency_ms = int((time.perf_counter() - started) * 1000)
                 await self.limit.release(epoch, attempt.error_class == ErrorClass.RATE_LIMITED)
                 if ticket is not None and pacer is not None and cost is not None:
                     pacer.settle(ticket, spent(attempt, cost))
+            kind = attempt.error_class
+            if kind in OUTAGE:
+                self.breaker.failed(first=not met_outage, message=attempt.message)
+                met_outage = True
+            elif kind not in (ErrorClass.RATE_LIMITED, ErrorClass.BAD_RESPONSE):
+                self.breaker.alive()  # an answer, or a 4xx: the endpoint is up
             if attempt.answer is not None:
-                return CallResult(attempt.answer, None, None, number, latency_ms, throttled,
-                                  held)
-            throttled += attempt.error_class == ErrorClass.RATE_LIMITED
-            if attempt.error_class not in RETRIABLE or number == s.max_attempts:
-                return CallResult(None, attempt.error_class, attempt.message, number,
-                                  latency_ms, throttled, held)
+                return result()
+            if kind == ErrorClass.AUTH:
+                # Refused credentials: fresh ones, and the request again at once. A snapshot
+                # (an executor's) cannot be renewed: the row is put off for the driver.
+                fresh = await asyncio.to_thread(self._source.refreshed, used)
+                if fresh == used or renewed >= AUTH_RENEWALS:
+                    return result(deferred=True)
+                renewed += 1
+                continue
+            throttled += kind == ErrorClass.RATE_LIMITED
+            failures += 1
+            if kind not in RETRIABLE or failures == s.max_attempts:
+                outage = kind in OUTAGE and self.breaker.exhausted(answered_before)
+                return result(deferred=outage)
             if attempt.retry_after_s is not None:
                 delay = min(attempt.retry_after_s, MAX_RETRY_AFTER_S)
             else:
-                delay = backoff_seconds(number - 1, s.backoff_base_s, s.backoff_cap_s, self.rng)
-            await asyncio.sleep(delay)
-        raise AssertionError("unreachable: the loop returns on its last attempt")
+                delay = backoff_seconds(failures - 1, s.backoff_base_s, s.backoff_cap_s, self.rng)
+            await self._nap(delay)
 
-    async def _attempt(self, body: bytes, parse: Parser) -> _Attempt:
+    async def _credentials(self) -> Credentials:
+        """The headers for the next attempt. The driver's Authenticator may block on a token
+        request now and then: off the event loop, so other requests go on meanwhile."""
+        if isinstance(self._source, Credentials):
+            return self._source
+        return await asyncio.to_thread(self._source.current)
+
+    async def _nap(self, seconds: float) -> None:
+        """Sleep before a retry, cut short if the breaker opens (the retry would be put off
+        anyway, and its row can go back to the driver now)."""
+        deadline = time.monotonic() + seconds
+        while not self.breaker.open and (left := deadline - time.monotonic()) > 0:
+            await asyncio.sleep(min(left, NAP_S))
+
+    async def _attempt(self, body: bytes, parse: Parser, credentials: Credentials) -> _Attempt:
         try:
-            response = await self._http.post(self.settings.url, content=body)
+            response = await self._http.post(self.settings.url, content=body,
+                                              headers=credentials.header_dict())
         except httpx.TimeoutException:
             return _Attempt(
                 ErrorClass.TIMEOUT, f"No answer within {self.settings.timeout_s:g} s."
@@ -313,3 +374,33 @@ def preflight(credentials: Credentials, endpoint: str, timeout_s: float = 15.0) 
             f"{credentials.host} answered HTTP {response.status_code} for endpoint "
             f"{endpoint!r}: {detail[:200]}"
         )
+
+
+# A probe is the smallest chat request there is: no image, one token out. It goes the way the
+# run's requests go (the serving path, not the control plane, which may answer while serving
+# is down), and costs a handful of tokens.
+PROBE_PROMPT = "Reply with OK."
+
+
+def probe(url: str, credentials: Credentials, model: str | None,
+          timeout_s: float) -> tuple[ErrorClass | None, str]:
+    """Ask the endpoint one tiny question: (None, what it said) when it answered (an answer,
+    a 4xx or a 429: it is up), else (the class, what went wrong): a 5xx, a refused
+    connection, a timeout, or credentials refused (AUTH)."""
+    body = encode(chat_body(PromptSpec(PROBE_PROMPT, max_tokens=1), [], model))
+    try:
+        response = httpx.post(url, content=body, timeout=timeout_s,
+                              headers={**credentials.header_dict(),
+                                       "Content-Type": "application/json"})
+    except httpx.TimeoutException:
+        return ErrorClass.TIMEOUT, f"no answer within {timeout_s:g} s"
+    except httpx.TransportError as exc:
+        return ErrorClass.CONNECTION_ERROR, f"the connection failed ({type(exc).__name__})"
+    said = f"HTTP {response.status_code}"
+    detail = error_message(response.content) if response.status_code != 200 else None
+    if detail:
+        said += f": {detail[:200]}"
+    kind = classify_status(response.status_code) if response.status_code != 200 else None
+    if kind in (ErrorClass.AUTH, *OUTAGE):
+        return kind, said
+    return None, said
