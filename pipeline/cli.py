@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING  # noqa: E402
 from pipeline import config, progress  # noqa: E402
 from pipeline.config import CALLERS, LOCAL_ENDPOINT, SESSIONS, ConfigError, RunConfig  # noqa: E402
 from pipeline.endpoint import auth  # noqa: E402
-from pipeline.endpoint.auth import Credentials  # noqa: E402
+from pipeline.endpoint.auth import CredentialSource  # noqa: E402
 from pipeline.endpoint.client import preflight  # noqa: E402
 from pipeline.endpoint.pacing import NAMES as LIMITS  # noqa: E402
 from pipeline.endpoint.pacing import UNITS, held_back  # noqa: E402
@@ -65,6 +65,9 @@ def _input_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lease-seconds", type=int, dest="lease_seconds",
                    help="how long another run waits for files a killed run had claimed "
                         "(default 60)")
+    p.add_argument("--max-outage-seconds", type=int, dest="max_outage_seconds",
+                   help="how long an endpoint that fails every request is waited out before "
+                        "the run stops, its answers kept (default 1800)")
     p.add_argument("--response-schema", dest="response_schema",
                    help="JSON Schema file for structured answers")
     p.add_argument("--caption-field", dest="caption_field",
@@ -162,7 +165,7 @@ def load_config(args: argparse.Namespace) -> RunConfig:
 
 
 @contextmanager
-def connected(cfg: RunConfig) -> Iterator[tuple[RunConfig, Credentials]]:
+def connected(cfg: RunConfig) -> Iterator[tuple[RunConfig, CredentialSource]]:
     """Credentials for the configured host, or the embedded local endpoint when there is none."""
     if cfg.host:
         if not cfg.endpoint:
@@ -171,7 +174,7 @@ def connected(cfg: RunConfig) -> Iterator[tuple[RunConfig, Credentials]]:
             raise ConfigError("--input is required when a host is configured")
         credentials = auth.resolve(cfg.host)
         if "/serving-endpoints/" in cfg.chat_path:
-            preflight(credentials, cfg.endpoint)
+            preflight(credentials.current(), cfg.endpoint)
         yield cfg, credentials
         return
     # Imported here: only a run with no host needs the server (and its reference model).
@@ -277,7 +280,9 @@ def summary(r: RunResult) -> str:
         )
     lines += [
         f"  tokens  {r.total_tokens:,} (prompt {r.prompt_tokens:,}, completion "
-        f"{r.completion_tokens:,}) over {r.requests} requests, {r.retries} retries",
+        f"{r.completion_tokens:,}) over {r.requests} requests, {r.retries} retries"
+        + (f", and at most {r.lost_requests} more sent by Spark tasks lost with their "
+           "executor (answers lost)" if r.lost_requests else ""),
         f"  speed   {r.images_per_s:.1f} images/s over the whole run"
         + (
             f", latency p50 {r.latency_p50_ms:.0f} ms, p95 {r.latency_p95_ms:.0f} ms"
@@ -289,6 +294,8 @@ def summary(r: RunResult) -> str:
     held = held_back(dict(r.waited))
     if held:
         lines.insert(-1, f"  limits  requests {held}")
+    for line in r.waited_out:
+        lines.insert(-1, line)
     return "\n".join(lines)
 
 

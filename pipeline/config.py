@@ -95,6 +95,9 @@ class RunConfig:
     # Overlapping runs share the work (pipeline/runs/claims.py): a run's claims hold while it
     # renews them; a killed run's lapse this many seconds after its last renewal.
     lease_seconds: int = 60
+    # An endpoint that fails every request is waited out, probed at a slow rate, for at most
+    # this long; then the run stops, failed, with every answer kept (pipeline/runs/recovery.py).
+    max_outage_seconds: int = 1800
     # Filled by the run, not by users: where the local endpoint was started, if it was.
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -123,6 +126,9 @@ class RunConfig:
         if self.lease_seconds < MIN_LEASE_S:
             raise ConfigError(f"lease_seconds must be at least {MIN_LEASE_S} (a lease is renewed "
                               f"every third of it), not {self.lease_seconds!r}")
+        if self.max_outage_seconds < 1:
+            raise ConfigError(f"max_outage_seconds must be at least 1, not "
+                              f"{self.max_outage_seconds!r}")
         if self.request_timeout <= 0:
             raise ConfigError(f"request_timeout must be positive, not {self.request_timeout!r}")
         if not self.prompt.strip():

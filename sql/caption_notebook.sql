@@ -107,6 +107,7 @@ CREATE TABLE IF NOT EXISTS IDENTIFIER(:runs_table) (
   failed BIGINT,
   requests BIGINT COMMENT 'HTTP requests sent, retries included',
   retries BIGINT,
+  lost_task_requests BIGINT COMMENT 'at most this many more, sent by Spark tasks lost with their executor and retried (executor caller)',
   prompt_tokens BIGINT,
   completion_tokens BIGINT,
   total_tokens BIGINT,
@@ -116,6 +117,8 @@ CREATE TABLE IF NOT EXISTS IDENTIFIER(:runs_table) (
   waited_itpm_s DOUBLE COMMENT 'seconds requests were held back to stay under max_itpm',
   waited_otpm_s DOUBLE COMMENT 'seconds requests were held back to stay under max_otpm',
   waited_qph_s DOUBLE COMMENT 'seconds requests were held back to stay under max_qph',
+  outage_s DOUBLE COMMENT 'seconds the endpoint failed every request and the run waited it out',
+  put_off BIGINT COMMENT 'files whose requests were put off (refused credentials, an outage) and asked again',
   error_message STRING COMMENT 'why the run failed, one line',
   config_json STRING COMMENT 'effective configuration, without secrets'
 ) USING DELTA

@@ -70,6 +70,7 @@ def member_results(part: dict[str, Any]) -> list[dict[str, Any]]:
             "throttled": part["throttled"],
             "request_share": part["attempts"] / count,
             **{k: (part.get(k) or 0.0) / count for k in HELD},
+            "task_attempt": part.get("task_attempt"),
         }
         for path, share in zip(paths, shares, strict=True)
     ]

@@ -29,19 +29,20 @@ from dataclasses import replace
 from pyspark.sql import SparkSession
 
 from pipeline.config import RunConfig
-from pipeline.endpoint.auth import Credentials
+from pipeline.endpoint.auth import CredentialSource
 from pipeline.endpoint.pacing import NAMES
 from pipeline.errors import first_line
 from pipeline.files import source
 from pipeline.interrupts import Interrupted, Stop, only_mark, quietly
 from pipeline.outcomes import RunStatus, Status
 from pipeline.progress import Update, terminal, update
-from pipeline.runs import loop, sql
+from pipeline.runs import journal, loop, sql
 from pipeline.runs.callers import DriverCaller, ExecutorCaller
 from pipeline.runs.claims import Claims
 from pipeline.runs.context import RunContext, RunResult, context
 from pipeline.runs.grouped import Grouped
-from pipeline.runs.plan import sampling, still_to_do
+from pipeline.runs.plan import Entry, sampling, still_to_do
+from pipeline.runs.recovery import Recovery
 from pipeline.runs.single import Singles
 from pipeline.spark import executors_reach_network, get_spark, is_local
 from pipeline.tables import sink
@@ -51,7 +52,7 @@ __all__ = ["RunContext", "RunResult", "context", "run"]
 
 def run(
     config: RunConfig,
-    credentials: Credentials,
+    credentials: CredentialSource,
     spark: SparkSession | None = None,
     progress: Callable[[Update | str], None] = terminal,
     started: float | None = None,
@@ -82,7 +83,7 @@ def run(
     # The tables and the listing do not depend on each other, and each pays a first-use cost
     # in a fresh JVM (Delta's classes; the scan): side by side.
     pool = ThreadPoolExecutor(2, thread_name_prefix="vision-batch-start")
-    made = pool.submit(_timed, "tables", result, _tables, spark, config.table)
+    made = pool.submit(_timed, "tables", result, _tables, spark, config.table, config.mode)
     listed = pool.submit(_timed, "listing", result, source.list_files, spark, config.input or "")
     pool.shutdown(wait=False)
     planned_against = _planned_against(spark, config, made)
@@ -136,9 +137,15 @@ def _timed(stage: str, result: RunResult, action, *args):
     return done
 
 
-def _tables(spark: SparkSession, table: str) -> sink.Tables:
+def _tables(spark: SparkSession, table: str, mode: str) -> sink.Tables:
     tables = sink.resolve(spark, table)
     sink.ensure_runs(spark, tables)
+    if mode == "udf":  # (one ai_query statement journals nothing)
+        # What runs that died were answered is in the tables before anything is planned.
+        journaled = sink.present(spark, tables, "_journal")
+        sink.ensure_journal(spark, tables)
+        if journaled:
+            journal.fold(spark, tables)
     return tables
 
 
@@ -146,8 +153,12 @@ def _tables(spark: SparkSession, table: str) -> sink.Tables:
 _background = ThreadPoolExecutor(2, thread_name_prefix="vision-batch-record")
 
 
-def _claims_table(spark: SparkSession, made: Future[sink.Tables]) -> sink.Tables:
+def _claims_table(spark: SparkSession, made: Future[sink.Tables],
+                  journaled: journal.Journal) -> sink.Tables:
+    """The claims table, made or checked (a foreign table there stops the run before any
+    request); the journal (made with the other tables) is written from now on."""
     tables = made.result()
+    journaled.open(tables)
     sink.ensure_claims(spark, tables)
     return tables
 
@@ -180,18 +191,46 @@ def _batches(spark: SparkSession, ctx: RunContext, listing: source.Listing, resu
         return
     started = recorder.start()
     # The claims table (runs/claims.py), beside the first batch's preparation; the first
-    # request waits for it, so a foreign table there is refused before any is sent.
-    claimable = _background.submit(_timed, "claims table", result, _claims_table, spark, made)
-    claims = Claims(spark, ctx, claimable, stop=stop, still_to_do=lambda entries: still_to_do(
-        spark, ctx, entries, path.by_group))
+    # claim waits for it, so a foreign table there is refused before any request is sent.
+    # The journal (runs/journal.py) is written from then on.
+    journaled = journal.Journal(spark, ctx.run_id)
+    claimable = _background.submit(_timed, "claims table", result, _claims_table, spark, made,
+                                   journaled)
+
+    def left_to_do(entries: list[Entry]) -> list[Entry]:
+        """Of units first claimed by runs now gone, those the tables hold no answer for,
+        once what those runs journaled is folded in."""
+        journal.fold(spark, claimable.result(), me=ctx.run_id)
+        return still_to_do(spark, ctx, entries, path.by_group)
+
+    claims = Claims(spark, ctx, claimable, stop=stop, still_to_do=left_to_do)
+    kept = False
     try:
         with caller_for(spark, ctx, path.by_group) as caller:
-            loop.drive(path, plan, caller, result, progress, before_writing=started,
-                       stop=stop, interrupt=spark.interruptAll, claims=claims)
+            recovery = _recovery(ctx, caller, progress, stop)
+            try:
+                loop.drive(path, plan, caller, result, progress, before_writing=started,
+                           stop=stop, interrupt=spark.interruptAll, claims=claims,
+                           recovery=recovery, batch_size=ctx.config.max_files_per_batch,
+                           journal=journaled)
+                kept = True  # every answer is committed (a stop's too)
+            finally:
+                result.recovered(recovery)
     finally:
-        recorder.beside(claims.close)  # the lease ends beside the run's last row
+        # Beside the run's last row: the lease ends; the journal goes, or, if the run
+        # failed, keeps every answer it holds for the next run to fold in.
+        recorder.beside(claims.close)
+        recorder.beside(lambda: journaled.close(kept=kept))
     for line in claims.said():
         progress(line)
+
+
+def _recovery(ctx: RunContext, caller: ExecutorCaller | DriverCaller,
+              progress: Callable[[Update | str], None], stop: Stop) -> Recovery:
+    assert ctx.client is not None and ctx.credentials is not None  # a run that asks
+    return Recovery(ctx.credentials, ctx.client.url, ctx.model,
+                    ctx.config.max_outage_seconds, progress, stop,
+                    timeout_s=ctx.client.timeout_s, breaker=caller.breaker)
 
 
 def caller_for(spark: SparkSession, ctx: RunContext,
@@ -205,7 +244,9 @@ def caller_for(spark: SparkSession, ctx: RunContext,
     if kind == "auto":
         from_driver = is_local(spark) or not executors_reach_network(spark)
         kind = "driver" if from_driver else "executors"
-    return DriverCaller(spark, plan) if kind == "driver" else ExecutorCaller(spark, plan)
+    assert ctx.credentials is not None  # a run that asks has them
+    caller = DriverCaller if kind == "driver" else ExecutorCaller
+    return caller(spark, plan, ctx.credentials)
 
 
 
@@ -282,6 +323,9 @@ class Recorder:
             "latency_p50_ms": r.latency_p50_ms,
             "latency_p95_ms": r.latency_p95_ms,
             **{f"waited_{name}_s": round(r.waited.get(name, 0.0), 1) for name in NAMES},
+            "lost_task_requests": r.lost_requests,
+            "outage_s": round(r.outage_s, 1),
+            "put_off": r.put_off,
             "error_message": error,
             "config_json": json.dumps(ctx.config.public(), sort_keys=True, default=str),
         }

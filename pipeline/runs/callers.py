@@ -19,16 +19,20 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, wait
 from dataclasses import dataclass, replace
 from typing import Any
 
 from pyspark.sql import DataFrame, Row, SparkSession
+from pyspark.sql import functions as F
 
 from pipeline.endpoint.asking import CallPlan, LoopThread, Member
+from pipeline.endpoint.auth import CredentialSource
+from pipeline.endpoint.breaker import Breaker
 from pipeline.endpoint.client import CaptionClient
 from pipeline.interrupts import Stop
+from pipeline.outcomes import DEFERRED
 from pipeline.runs.udfs import answer_schema, ask_in_tasks
 from pipeline.spark import parallelism
 
@@ -38,16 +42,27 @@ CALLERS = ("auto", "executors", "driver")
 REQUESTS_PER_TASK = 32
 # Images the driver caller holds: those in flight and those waiting for a slot.
 WINDOW_PER_SLOT = 2
+# The executor caller asks a batch in jobs of about this many seconds' worth of units (what a
+# crash can lose), the first of this many units per request in flight.
+CHUNK_S = 5.0
+FIRST_CHUNK_PER_SLOT = 4
 
 
 @dataclass(frozen=True)
 class Ask:
-    """What one batch asks: members (MEMBER_COLUMNS, group_key for groups) and how many
-    requests' worth of work (images or groups) they are."""
+    """What one batch asks: members (MEMBER_COLUMNS, group_key for groups), and the paths of
+    each unit of work (an image, or a group's images), in order."""
 
     members: DataFrame
-    units: int
+    paths: tuple[tuple[str, ...], ...]
     by_group: bool = False
+    # Called with each lot of answer rows as it arrives, before the batch is done: the
+    # journal makes them durable (pipeline/runs/journal.py).
+    on_answers: Callable[[list[dict[str, Any]]], None] | None = None
+
+    @property
+    def units(self) -> int:
+        return len(self.paths)
 
 
 def arrange(ask: Ask, tasks: int | None) -> DataFrame:
@@ -68,9 +83,10 @@ def completed(rows: list[dict[str, Any]]) -> Future:
 
 class ExecutorCaller:
     kind = "executors"
+    breaker = None  # each asking task has its own; the driver hears of an outage from rows
 
-    def __init__(self, spark: SparkSession, plan: CallPlan) -> None:
-        self.spark, self.plan = spark, plan
+    def __init__(self, spark: SparkSession, plan: CallPlan, source: CredentialSource) -> None:
+        self.spark, self.plan, self.source = spark, plan, source
         self._idle = threading.Event()  # no asking job is running
         self._idle.set()
 
@@ -89,14 +105,43 @@ class ExecutorCaller:
         return max(1, min(wanted, units, parallelism(self.spark) // 2))
 
     def ask(self, ask: Ask, stop: Stop) -> Future:
-        """Runs the batch's asking job; returns its answers when it is done. The tasks cannot
-        hear a stop: the job runs on, and is interrupted if it outlives the grace."""
-        tasks = self.tasks(ask.units)
-        plan = replace(self.plan, tasks=tasks)
-        frame = arrange(ask, tasks).mapInPandas(ask_in_tasks(plan), answer_schema(plan))
+        """Runs the batch's asking jobs, one after another; returns their answers when the
+        last is done. A job holds CHUNK_S seconds' worth of units (by the pace of the job
+        before; ask.on_answers hears of each job's answers as it ends), so a crash of the
+        driver or an executor costs at most one job's answers, whatever the batch size. The
+        tasks cannot hear a stop: the job under way runs on (and is interrupted if it
+        outlives the grace); no job starts after it, nor after a job whose requests were
+        put off (the units left get no answer, and come back in a later batch)."""
+        answers: list[dict[str, Any]] = []
+        units = list(ask.paths)
+        size = FIRST_CHUNK_PER_SLOT * self.plan.client.concurrency
+        while units and not stop.requested:
+            chunk, units = units[:size], units[size:]
+            began = time.monotonic()
+            rows = self._job(ask, chunk, whole=not answers and not units)
+            if ask.on_answers is not None:
+                ask.on_answers(rows)
+            answers.extend(rows)
+            if any(r["status"] == DEFERRED for r in rows):
+                break  # credentials or the endpoint failed: the rest waits for the driver
+            pace = len(chunk) / max(time.monotonic() - began, 1e-3)
+            size = max(2 * self.plan.client.concurrency, round(pace * CHUNK_S))
+        return completed(answers)
+
+    def _job(self, ask: Ask, chunk: list[tuple[str, ...]], whole: bool) -> list[dict[str, Any]]:
+        """One asking job over the members of `chunk` (all of them: `whole`)."""
+        tasks = self.tasks(len(chunk))
+        # Fresh headers for each job: the tasks cannot renew them (what could mint a token
+        # never leaves the driver), so a job that outlives its token puts off its requests.
+        client = replace(self.plan.client, credentials=self.source.current())
+        plan = replace(self.plan, tasks=tasks, client=client)
+        members = ask.members if whole else ask.members.filter(
+            F.col("path").isin(sorted(p for unit in chunk for p in unit)))
+        frame = arrange(replace(ask, members=members), tasks).mapInPandas(
+            ask_in_tasks(plan), answer_schema(plan))
         self._idle.clear()
         try:
-            return completed([r.asDict(recursive=True) for r in frame.collect()])
+            return [r.asDict(recursive=True) for r in frame.collect()]
         finally:
             self._idle.set()
 
@@ -111,16 +156,17 @@ class ExecutorCaller:
 class DriverCaller:
     kind = "driver"
 
-    def __init__(self, spark: SparkSession, plan: CallPlan) -> None:
-        self.spark, self.plan = spark, replace(plan, tasks=1)
+    def __init__(self, spark: SparkSession, plan: CallPlan, source: CredentialSource) -> None:
+        self.spark, self.plan, self.source = spark, replace(plan, tasks=1), source
         self.window_size = WINDOW_PER_SLOT * plan.client.concurrency
+        self.breaker = Breaker()  # the run's one client's: the run pauses when it opens
         self._window = threading.Semaphore(self.window_size)
         self._outstanding: set[Future] = set()
         self._lock = threading.Lock()
 
     def __enter__(self) -> DriverCaller:
         self._runner = LoopThread().__enter__()
-        self._client = CaptionClient(self.plan.client)
+        self._client = CaptionClient(self.plan.client, source=self.source, breaker=self.breaker)
         self._runner.submit(self._client.__aenter__()).result()
         return self
 
@@ -141,13 +187,14 @@ class DriverCaller:
                     arrange(ask, None).toLocalIterator(prefetchPartitions=True), ask.by_group)):
                 if stop.requested:
                     break
-                futures.append(self._submit(unit))
+                futures.append(self._submit(unit, ask.on_answers))
         except Exception:
             if not stop.requested:  # a stream cut by the stop's interrupt is no failure
                 raise
         return gathered(futures)
 
-    def _submit(self, unit: list[Member]) -> Future:
+    def _submit(self, unit: list[Member],
+                on_answers: Callable[[list[dict[str, Any]]], None] | None) -> Future:
         held = min(len(unit), self.window_size)  # a group larger than the window still goes
         for _ in range(held):
             self._window.acquire()
@@ -160,6 +207,8 @@ class DriverCaller:
                 self._outstanding.discard(done)
             for _ in range(held):
                 self._window.release()
+            if on_answers is not None and not done.cancelled() and done.exception() is None:
+                on_answers(done.result())
 
         future.add_done_callback(finished)
         return future

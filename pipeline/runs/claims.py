@@ -22,9 +22,10 @@ a claim costs a Delta write and a read, about 1.5 s of Spark work. Claims are ma
 ahead, beside preparing and asking, so the endpoint does not wait for them; the larger the
 chunk, the fewer of them compete with the run's own Spark work for the driver's cores.
 
-The first batch is asked while its claim is written, not after: in a fresh JVM the first
-Delta write takes seconds, and the endpoint would wait for it at every run's start. The price:
-two runs that start together both pay for their first batch (README, "Overlapping runs").
+Nothing is asked before it is claimed, the first batch included: two runs that start together
+pay for each unit once. The first chunk's claim is written while its batches are prepared
+(a fresh JVM's first Delta write takes seconds, the first images' preparation too): its
+batches carry the claim (`Batch.claim`), and the loop asks only the units it holds.
 
 Rows of runs gone for longer than FORGET_AFTER_S are deleted as one run in FORGET_EVERY ends.
 """
@@ -37,14 +38,14 @@ import zlib
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from pipeline.interrupts import Stop, quietly
+from pipeline.interrupts import Stop
 from pipeline.runs.context import RunContext
 from pipeline.runs.plan import Batch, Entry, cut
 from pipeline.tables import sink
@@ -58,7 +59,7 @@ FORGET_EVERY = 10  # ...by one run in this many, as it ends
 
 def unit_of(entry: Entry) -> str:
     """What is claimed for an entry: its group (asked whole), or the file."""
-    return f"group:{entry.group_key}" if entry.group_key is not None else entry.path
+    return entry.unit
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,7 @@ class Claims:
         self._holders: dict[str, str] = {}
         self._number = 0
         self._tables: sink.Tables | None = None
-        self._lone: threading.Thread | None = None  # the claim of a one-batch plan
+        self._first: threading.Thread | None = None  # the first chunk's claim
         self._written = threading.Lock()  # one write at a time; held while one is under way
         self._last_write = 0.0
         self._closing = threading.Event()
@@ -128,30 +129,32 @@ class Claims:
                                          name="vision-batch-lease")
 
     def batches(self, stream: Iterable[Batch]) -> Iterator[Batch]:
-        """The batches this run asks, numbered again from 1."""
-        batches = iter(stream)
-        first = next(batches, None)
+        """The batches this run asks, numbered again from 1: the first chunk's with its claim
+        still being written (`Batch.claim`: the units this run holds, once known), every
+        later one cut to what this run holds."""
+        chunks = _chunks(iter(stream))
+        first = next(chunks, None)
         if first is None:
             return
-        # Nothing is asked before the claims table is known to be ours (made, or checked,
-        # beside the first batch's preparation).
+        # Nothing is claimed before the claims table is known to be ours (made, or checked,
+        # beside the start of the run).
         self._tables = self._claimable.result()
         self._renewer.start()
-        yield self._numbered(first.entries)  # asked while its claim is written: whoever
-        asked = sorted(_members(first.entries))  # else has it, this run asks it too
-        for chunk in _chunks(batches):
+        claimed: Future[set[str]] = Future()
+        self._first = threading.Thread(target=_settle, args=(claimed, self._claim, first),
+                                       name="vision-batch-claim", daemon=True)
+        self._first.start()
+        for batch in first:
+            yield replace(self._numbered(batch.entries), claim=claimed)
+        claimed.exception()  # one claim at a time: its decision first
+        for chunk in chunks:
             if self._stop.requested:
                 return
-            mine = self._claim(chunk, asked)  # the first batch's claim goes with the next
-            asked = []
+            mine = self._claim(chunk)
             for batch in chunk:
                 entries = tuple(e for e in batch.entries if unit_of(e) in mine)
                 if entries:
                     yield self._numbered(entries)
-        if asked:  # the first batch was the only one: claimed beside its asking, and the
-            self._lone = threading.Thread(  # loop's end does not wait for it
-                target=quietly, args=(lambda: self._write(asked),), name="vision-batch-claim")
-            self._lone.start()
         yield from self._tail()
 
     def close(self) -> None:
@@ -161,8 +164,8 @@ class Claims:
         self._closing.set()
         if self._renewer.is_alive():
             self._renewer.join()
-        if self._lone is not None:
-            self._lone.join()
+        if self._first is not None:
+            self._first.join()
         if self._last_write == 0.0:  # nothing was ever claimed
             return
         self._write([], expires=datetime.now(timezone.utc))
@@ -188,11 +191,10 @@ class Claims:
         self._number += 1
         return Batch(self._number, entries)
 
-    def _claim(self, batches: list[Batch], asked: list[str]) -> set[str]:
-        """Claim the units of these batches (and `asked`: units asked already); those of the
-        batches this run holds."""
+    def _claim(self, batches: list[Batch]) -> set[str]:
+        """Claim the units of these batches; those this run holds."""
         members = _members(e for b in batches for e in b.entries)
-        self._write(asked + sorted(members))
+        self._write(sorted(members))
         return self._mine(members)
 
     def _mine(self, members: dict[str, list[Entry]]) -> set[str]:
@@ -290,6 +292,14 @@ class Claims:
                 .groupBy("run_id").agg(F.max("expires_at").alias("until"))
                 .filter(F.col("until") < F.lit(before)).select("run_id").collect())
         return [r["run_id"] for r in rows]
+
+
+def _settle(future: Future, action: Callable[..., Any], *args: Any) -> None:
+    """`future` gets what `action(*args)` returns, or what it raises."""
+    try:
+        future.set_result(action(*args))
+    except BaseException as exc:  # handed to whoever waits on the future
+        future.set_exception(exc)
 
 
 def _tidies(run_id: str) -> bool:

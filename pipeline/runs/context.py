@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from array import array
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -16,7 +15,7 @@ from pyspark.sql import functions as F
 
 from pipeline.config import ConfigError, RunConfig
 from pipeline.endpoint.asking import CallPlan, cost
-from pipeline.endpoint.auth import Credentials
+from pipeline.endpoint.auth import CredentialSource
 from pipeline.endpoint.client import ClientSettings
 from pipeline.endpoint.pacing import HELD, NAMES, TokenLimits
 from pipeline.endpoint.packing import packed_spec
@@ -24,7 +23,8 @@ from pipeline.endpoint.payloads import PromptSpec, image_byte_budget
 from pipeline.images.limits import Catalog, ModelFamily, load_catalog
 from pipeline.images.prepare import largest_image_tokens
 from pipeline.outcomes import RunStatus
-from pipeline.percentiles import percentile
+from pipeline.percentiles import percentile_of_counts
+from pipeline.runs.recovery import Recovery
 from pipeline.tables import sink
 
 
@@ -39,6 +39,9 @@ class RunContext:
     tables: sink.Tables | None  # None for a dry run over a table that does not exist yet
     run_id: str
     client: ClientSettings | None = None  # None for a dry run: no requests
+    # Where fresh headers come from, on the driver (never pickled: see endpoint/auth.py).
+    # `client` holds one snapshot of them, renewed for each batch an executor asks.
+    credentials: CredentialSource | None = None
 
     @property
     def endpoint(self) -> str:
@@ -77,7 +80,7 @@ def chat_url(config: RunConfig, host: str) -> str:
 
 def context(
     config: RunConfig,
-    credentials: Credentials | None = None,
+    credentials: CredentialSource | None = None,
     tables: sink.Tables | None = None,
 ) -> RunContext:
     catalog = load_catalog(config.models_file)
@@ -85,7 +88,7 @@ def context(
     if credentials is not None:
         client = ClientSettings(
             url=chat_url(config, credentials.host),
-            credentials=credentials,
+            credentials=credentials.current(),
             timeout_s=config.request_timeout,
             max_attempts=config.max_attempts,
             concurrency=config.max_concurrency,
@@ -108,6 +111,7 @@ def context(
         tables=tables,
         run_id=uuid.uuid4().hex,
         client=client,
+        credentials=credentials,
     )
 
 
@@ -152,15 +156,29 @@ class RunResult:
     status: RunStatus = RunStatus.RUNNING
     # Seconds the run's requests were held back by each token or query limit (HELD).
     waited: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
+    # What the run waited out (pipeline/runs/recovery.py): seconds the endpoint was down,
+    # files put off and asked again, and the summary's line on them.
+    outage_s: float = 0.0
+    put_off: int = 0
+    waited_out: list[str] = field(default_factory=list)
     # (batch, stage, start, end) in seconds since `started`: where the time went.
     timeline: list[tuple[int, str, float, float]] = field(default_factory=list)
     _shares: float = 0.0
     _retried: float = 0.0
-    _latencies: array = field(default_factory=lambda: array("i"))
+    _lost: float = 0.0
+    # Latencies as a count per millisecond (bounded by the request timeout, whatever the
+    # number of rows: a run of days holds no list of them).
+    _latencies: Counter[int] = field(default_factory=Counter)
 
     @property
     def written(self) -> int:
         return sum(self.statuses.values())
+
+    @property
+    def lost_requests(self) -> int:
+        """At most this many more requests were sent by Spark tasks lost with their executor
+        (the executor caller): their answers never arrived, and their retries asked again."""
+        return round(self._lost)
 
     @property
     def images_per_s(self) -> float:
@@ -181,6 +199,9 @@ class RunResult:
             attempts = row.get("attempts") or 0
             share = row.get("request_share")
             self._shares += attempts if share is None else share
+            # Asked by a retry of a Spark task whose earlier attempts were lost (with their
+            # executor): those may have paid for this row's requests too, answers lost.
+            self._lost += (attempts if share is None else share) * (row.get("task_attempt") or 0)
             for name, key in zip(NAMES, HELD, strict=True):
                 self.waited[name] += row.get(key) or 0.0
             if attempts <= 0:
@@ -190,13 +211,18 @@ class RunResult:
             self.completion_tokens += row.get("completion_tokens") or 0
             self.total_tokens += row.get("total_tokens") or 0
             if row.get("latency_ms") is not None:
-                self._latencies.append(int(row["latency_ms"]))
+                self._latencies[int(row["latency_ms"])] += 1
         self.requests, self.retries = round(self._shares), round(self._retried)
+
+    def recovered(self, recovery: Recovery) -> None:
+        """Take what the run's Recovery waited out into the totals."""
+        self.outage_s, self.put_off = recovery.outage_s, recovery.put_off
+        self.waited_out = recovery.said()
 
     def settle_latency(self) -> None:
         """The latency percentiles of the rows counted so far (sorted once, at the end)."""
-        self.latency_p50_ms = _ms(percentile(self._latencies, 0.5))
-        self.latency_p95_ms = _ms(percentile(self._latencies, 0.95))
+        self.latency_p50_ms = _ms(percentile_of_counts(self._latencies, 0.5))
+        self.latency_p95_ms = _ms(percentile_of_counts(self._latencies, 0.95))
 
 
 def _ms(value: int | None) -> float | None:

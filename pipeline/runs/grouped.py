@@ -14,7 +14,7 @@ from pipeline import progress
 from pipeline.endpoint import groups
 from pipeline.files.source import Listing
 from pipeline.images.prepare import Rejected
-from pipeline.outcomes import ErrorClass
+from pipeline.outcomes import DEFERRED, ErrorClass
 from pipeline.runs import plan, rows
 from pipeline.runs.callers import Ask
 from pipeline.runs.context import RunContext
@@ -51,21 +51,41 @@ class Grouped:
         # Each member's group from a literal map: no join, so no broadcast job per batch.
         group_of = F.create_map(*[F.lit(v) for item in sorted(valid.items()) for v in item])
         members = prepared.held_for(set(valid)).withColumn("group_key", group_of[F.col("path")])
-        return Ask(members.select(*MEMBER_COLUMNS, "group_key"), len(set(valid.values())),
-                   by_group=True)
+        by_key: dict[str, list[str]] = {}
+        for path, key in sorted(valid.items()):
+            by_key.setdefault(key or "", []).append(path)  # (valid members have a group)
+        return Ask(members.select(*MEMBER_COLUMNS, "group_key"),
+                   tuple(tuple(paths) for _, paths in sorted(by_key.items())), by_group=True)
 
     def rows(self, prepared: Prepared, parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        captions, answered = self._rows(prepared, parts)
+        self._groups_rows[prepared.batch.number] = answered
+        return captions
+
+    def durable(self, prepared: Prepared, parts: list[dict[str, Any]]
+                ) -> dict[str, list[dict[str, Any]]]:
+        """The rows of the groups whose every part is answered here (none put off), for the
+        journal: the members' captions rows and the group's row."""
+        whole = ({p["group_key"] for p in parts}
+                 - {p["group_key"] for p in parts if p["status"] == DEFERRED})
+        captions, answered = self._rows(
+            prepared, [p for p in parts if p["group_key"] in whole], whole)
+        return {"captions": captions, "groups": answered}
+
+    def _rows(self, prepared: Prepared, parts: list[dict[str, Any]],
+              only: set[str] | None = None) -> tuple[list[dict[str, Any]], list[dict]]:
+        """(captions rows, groups rows) of the batch, or of the groups `only`."""
         ctx = self.ctx
         answers = {m["path"]: m for part in parts for m in groups.member_results(part)}
-        # A group a stop cut short (a request of it cancelled) gets no row at all, neither its
-        # members nor itself: a rerun asks it whole.
+        # A group a stop cut short (a request of it cancelled) or put off gets no row at all,
+        # neither its members nor itself: it is asked again whole.
         asked = {f["path"] for f in prepared.valid()}
         cut = {e.group_key for e in prepared.batch.entries
                if e.path in asked and e.path not in answers}
         out = []
         for entry in prepared.batch.entries:
             facts = prepared.facts.get(entry.path)
-            if entry.group_key in cut:
+            if entry.group_key in cut or (only is not None and entry.group_key not in only):
                 continue
             if entry.path in prepared.refused:
                 out.append(rows.invalid(ctx, entry, facts, prepared.refused[entry.path]))
@@ -74,9 +94,9 @@ class Grouped:
             else:
                 assert facts is not None
                 out.append(rows.answered(ctx, entry, facts, answers[entry.path]))
-        self._groups_rows[prepared.batch.number] = [
-            r for r in self._group_rows(prepared, parts) if r["group_key"] not in cut]
-        return out
+        answered = [r for r in self._group_rows(prepared, parts) if r["group_key"] not in cut
+                    and (only is None or r["group_key"] in only)]
+        return out, answered
 
     def _group_rows(self, prepared: Prepared, parts: list[dict[str, Any]]) -> list[dict]:
         by_group: dict[str, list[dict[str, Any]]] = defaultdict(list)

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, replace
+from concurrent.futures import Future
+from dataclasses import dataclass, field, replace
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -41,11 +42,19 @@ class Entry:
     group_key: str | None = None
     fingerprint: str | None = None  # of its group
 
+    @property
+    def unit(self) -> str:
+        """What is asked, claimed and put off as one: its group (asked whole), or the file."""
+        return f"group:{self.group_key}" if self.group_key is not None else self.path
+
 
 @dataclass(frozen=True)
 class Batch:
     number: int  # from 1
     entries: tuple[Entry, ...]
+    # The units of the batch this run holds, once its claim is decided (pipeline/runs/
+    # claims.py): the first chunk's batches are prepared while it is written. None: all.
+    claim: Future[set[str]] | None = field(default=None, compare=False)
 
     @property
     def new(self) -> bool:

@@ -8,7 +8,7 @@ the image bytes: those stay in Spark's cache (`held`) until the caller is done w
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pyspark import StorageLevel
@@ -18,7 +18,7 @@ from pyspark.sql import functions as F
 from pipeline.files import source
 from pipeline.images.prepare import Rejected, check_length
 from pipeline.runs.context import RunContext
-from pipeline.runs.plan import Batch
+from pipeline.runs.plan import Batch, Entry
 from pipeline.runs.udfs import prepare_udf
 from pipeline.spark import parallelism
 
@@ -30,6 +30,16 @@ class Prepared:
     facts: dict[str, dict[str, Any]]  # by path: the PREPARED fields but the image
     held: DataFrame | None  # path + PREPARED of the files read, cached until asked
     known: dict[str, dict[str, Any]] = field(default_factory=dict)  # answers found by SHA-256
+
+    def __post_init__(self) -> None:
+        self._cached = self.held  # what `release` drops, however `held` is narrowed
+        self._entries: dict[str, Entry] | None = None
+
+    def entry(self, path: str) -> Entry:
+        """The batch's entry of `path`."""
+        if self._entries is None:
+            self._entries = {e.path: e for e in self.batch.entries}
+        return self._entries[path]
 
     def valid(self) -> list[dict[str, Any]]:
         """Facts of the files that can be sent, in batch order."""
@@ -49,11 +59,25 @@ class Prepared:
             return held.filter(~F.col("path").isin(sorted(left_out))) if left_out else held
         return held.filter(F.col("path").isin(sorted(paths)))
 
+    def narrow(self, units: set[str]) -> None:
+        """Keep only the files of `units` (those this run's claim holds): the others are
+        another run's to ask, and get no row here."""
+        kept = tuple(e for e in self.batch.entries if e.unit in units)
+        if len(kept) == len(self.batch.entries):
+            return
+        paths = {e.path for e in kept}
+        self.batch = replace(self.batch, entries=kept, claim=None)
+        self._entries = None
+        self.refused = {p: r for p, r in self.refused.items() if p in paths}
+        self.facts = {p: f for p, f in self.facts.items() if p in paths}
+        if self.held is not None:
+            self.held = self.held.filter(F.col("path").isin(sorted(paths)))
+
     def release(self) -> None:
         """Drop the cached images: they were asked about (or never will be)."""
-        if self.held is not None:
-            self.held.unpersist()
-            self.held = None
+        if self._cached is not None:
+            self._cached.unpersist()
+        self.held = self._cached = None
 
 
 def prepare(spark: SparkSession, ctx: RunContext, batch: Batch,

@@ -15,7 +15,8 @@ FACTS = ("content_sha256", "format", "width", "height", "sent_width", "sent_heig
          "sent_bytes", "estimated_image_tokens")
 ANSWER = ("status", "caption", "response_json", "prompt_tokens", "completion_tokens",
           "total_tokens", "usage_source", "attempts", "latency_ms", "error_class",
-          "error_message", "request_share", *HELD)  # HELD: for the run's totals only
+          "error_message", "request_share", *HELD,
+          "task_attempt")  # HELD and task_attempt: for the run's totals only
 
 
 def _base(ctx: RunContext, entry: Entry, facts: dict[str, Any] | None) -> dict[str, Any]:
@@ -58,6 +59,6 @@ def answered(ctx: RunContext, entry: Entry, facts: dict[str, Any], answer: dict[
     row = {**_base(ctx, entry, facts), **{k: answer.get(k) for k in ANSWER},
            "reused_from": reused_from}
     if not paid:
-        row.update(attempts=0, request_share=0.0, **dict.fromkeys(HELD, 0.0))
+        row.update(attempts=0, request_share=0.0, task_attempt=0, **dict.fromkeys(HELD, 0.0))
     row["request_share"] = float(row["request_share"] or 0.0)
     return row

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Iterable
 from typing import Any
 
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from pipeline.files.source import Listing
-from pipeline.outcomes import Status
+from pipeline.outcomes import DEFERRED, Status
 from pipeline.runs import plan, rows
 from pipeline.runs.callers import Ask
 from pipeline.runs.context import RunContext
@@ -54,6 +55,12 @@ class Reuse:
                 self._claimed.discard(sha)
             while len(self._answers) > self.capacity:
                 self._answers.popitem(last=False)
+
+    def release(self, shas: Iterable[str]) -> None:
+        """These bytes were asked about and got no answer (put off, or cut short by a stop):
+        whoever meets them next asks."""
+        with self._lock:
+            self._claimed.difference_update(shas)
 
     def answer(self, sha: str) -> tuple[str, dict[str, Any]] | None:
         with self._lock:
@@ -110,16 +117,18 @@ class Singles:
         if not mine:
             return None
         members = prepared.held_for(set(mine.values()))
-        return Ask(members.select(*MEMBER_COLUMNS), len(mine))
+        return Ask(members.select(*MEMBER_COLUMNS), tuple((p,) for p in sorted(mine.values())))
 
     def rows(self, prepared: Prepared, answers: list[dict[str, Any]]) -> list[dict[str, Any]]:
         ctx = self.ctx
         by_path = {a["path"]: a for a in answers}
         asked = self._asked.pop(prepared.batch.number, {})
-        # Every asked file has its answer, unless a stop cancelled its request: then it gets
-        # no row (nor do its twins), and a rerun asks it.
+        # Every asked file has its answer, unless its request was put off (it comes back in
+        # a later batch) or a stop cancelled it (a rerun asks it): then it gets no row, nor
+        # do its twins.
         self.reuse.settle({sha: (path, by_path[path]) for sha, path in asked.items()
                            if path in by_path})
+        self.reuse.release(sha for sha, path in asked.items() if path not in by_path)
         out = []
         for entry in prepared.batch.entries:
             facts = prepared.facts.get(entry.path)
@@ -145,6 +154,14 @@ class Singles:
                     owner, answer = found
                     out.append(rows.answered(ctx, entry, facts, answer, owner, paid=False))
         return out
+
+    def durable(self, prepared: Prepared, answers: list[dict[str, Any]]
+                ) -> dict[str, list[dict[str, Any]]]:
+        """The captions rows of the files these answers were asked for, for the journal (a
+        twin of one takes its answer at the commit, or from the table in a later run)."""
+        return {"captions": [
+            rows.answered(self.ctx, prepared.entry(a["path"]), prepared.facts[a["path"]], a)
+            for a in answers if a["status"] != DEFERRED]}
 
     def write(self, batches: list[Prepared], captions: list[dict[str, Any]]) -> None:
         assert self.ctx.tables is not None

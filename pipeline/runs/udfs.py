@@ -54,8 +54,11 @@ _TYPES = {"prompt_tokens": IntegerType(), "completion_tokens": IntegerType(),
           "throttled": IntegerType(), "request_share": DoubleType(),
           **dict.fromkeys(asking.HELD, DoubleType())}
 CAPTIONED = StructType([StructField(n, _TYPES.get(n, StringType())) for n in asking.CAPTIONED])
+# Which attempt of its Spark task asked: above 0, attempts before it were lost with their
+# executor, and may have paid for the same units (counted in the run's totals as a bound).
+TASK_ATTEMPT = StructField("task_attempt", IntegerType())
 # One image's answer, as an asking task returns it.
-ANSWERED = StructType([StructField("path", StringType()), *CAPTIONED.fields])
+ANSWERED = StructType([StructField("path", StringType()), *CAPTIONED.fields, TASK_ATTEMPT])
 GROUP_PART = StructType(
     [
         StructField("group_key", StringType()),
@@ -63,6 +66,7 @@ GROUP_PART = StructType(
         StructField("paths", ArrayType(StringType())),
         StructField("tokens", ArrayType(IntegerType())),
         *CAPTIONED.fields,
+        TASK_ATTEMPT,
     ]
 )
 # The columns an asking task reads (group_key only for groups).
@@ -141,6 +145,8 @@ def ask_in_tasks(plan: CallPlan):
 
     def asking_task(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         in_worker()
+        context = TaskContext.get()
+        attempt = {"task_attempt": context.attemptNumber() if context else 0}
         with _task_session(plan) as (runner, client):
             pending: deque[Future] = deque()
             done: list[dict] = []
@@ -149,12 +155,12 @@ def ask_in_tasks(plan: CallPlan):
                     pending.append(runner.submit(plan.ask(client, unit)))
                     # Bound what is held: answer the oldest units once enough are in flight.
                     while len(pending) > 2 * client.settings.concurrency:
-                        done.extend(pending.popleft().result())
+                        done.extend({**r, **attempt} for r in pending.popleft().result())
                     if len(done) >= 256:
                         yield pd.DataFrame(done, columns=names)
                         done = []
                 while pending:
-                    done.extend(pending.popleft().result())
+                    done.extend({**r, **attempt} for r in pending.popleft().result())
                 yield pd.DataFrame(done, columns=names)
             finally:
                 for future in pending:  # the task ended early: stop asking

@@ -25,7 +25,8 @@ import pandas as pd
 from delta import exceptions as delta_errors
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.types import StructType, _parse_datatype_string
+from pyspark.sql.types import LongType, StructField, StructType, _parse_datatype_string
+from pyspark.sql.window import Window
 
 from pipeline.errors import RunError
 from pipeline.files import localfs
@@ -71,12 +72,13 @@ MARK = "vision_batch.schema_version"
 KEYS = {"create_captions.sql": ("path", "endpoint", "prompt_id"),
         "create_runs.sql": ("run_id",),
         "create_groups.sql": ("group_key", "endpoint", "prompt_id"),
-        "create_claims.sql": ("unit", "run_id")}
+        "create_claims.sql": ("unit", "run_id"),
+        "create_journal.sql": ("run_id", "row_json")}
 
 # Columns that travel from Python as epoch microseconds (exact, whatever the time zones of
 # the driver and the session), and the column stamped with the time of the write.
 MICROS = ("modified_at", "started_at", "ended_at", "expires_at")
-NOW = ("processed_at",)
+NOW = ("processed_at", "written_at")
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
@@ -106,6 +108,12 @@ class Tables:
         """`<table>_claims`: which run asks which units (pipeline/runs/claims.py); created by
         `ensure_claims`."""
         return self.captions + "_claims"
+
+    @property
+    def journal(self) -> str:
+        """`<table>_journal`: answers made durable as they arrive (pipeline/runs/journal.py);
+        created by `ensure_journal`."""
+        return self.captions + "_journal"
 
     def sibling(self, suffix: str) -> str | None:
         """The location of `<table><suffix>` for a path table."""
@@ -170,6 +178,21 @@ def ensure_groups(spark: SparkSession, tables: Tables) -> StructType:
 def ensure_claims(spark: SparkSession, tables: Tables) -> None:
     """Create the claims table next to the captions table, or check it."""
     _ensure_sibling(spark, tables, "_claims", "create_claims.sql", "claims_table")
+
+
+def ensure_journal(spark: SparkSession, tables: Tables) -> None:
+    """Create the journal next to the captions table, or check it."""
+    _ensure_sibling(spark, tables, "_journal", "create_journal.sql", "journal_table")
+
+
+def present(spark: SparkSession, tables: Tables, suffix: str) -> bool:
+    """Whether `<table><suffix>` is there (then readable by its name); nothing is created."""
+    if not _exists(spark, tables, suffix):
+        return False
+    location = tables.sibling(suffix)
+    if location is not None:
+        _register(spark, tables.captions + suffix, location)
+    return True
 
 
 def _ensure_sibling(spark: SparkSession, tables: Tables, suffix: str, ddl_file: str,
@@ -261,6 +284,66 @@ def insert_claims(spark: SparkSession, tables: Tables, rows: list[dict[str, Any]
     _with_view(spark, frame, lambda view: _with_retries(
         lambda: spark.sql(sql_text("insert_claims.sql"),
                           args={"claims_table": tables.claims, "claims": view})))
+
+
+def insert_journal(spark: SparkSession, tables: Tables, rows: list[dict[str, Any]]) -> None:
+    """Append answers to the journal: a blind append, which conflicts with no one."""
+    frame = frame_of(spark, ddl_schema("create_journal.sql"), rows)
+    _with_view(spark, frame, lambda view: _with_retries(
+        lambda: spark.sql(sql_text("insert_journal.sql"),
+                          args={"journal_table": tables.journal, "rows": view})))
+
+
+def forget_journal(spark: SparkSession, tables: Tables, done: dict[str, int]) -> None:
+    """Drop the journal rows of these runs up to these batches (their rows are written)."""
+    frame = spark.createDataFrame(list(done.items()), "run_id STRING, batch INT")
+    _merge(spark, "forget_journal.sql", frame, "done", journal_table=tables.journal)
+
+
+def journaled_runs(spark: SparkSession, tables: Tables) -> list[str]:
+    """The runs that have rows in the journal."""
+    rows = spark.table(tables.journal).select("run_id").distinct().collect()
+    return sorted(r["run_id"] for r in rows)
+
+
+def fold_journal(spark: SparkSession, tables: Tables, runs: list[str]) -> int:
+    """MERGE the journal rows of these runs (dead: they will never MERGE them themselves)
+    into the captions and groups tables, as their own batches would have, then drop them.
+    A file journaled by several runs is written once: its `ok` answer, else its latest.
+    How many captions rows were folded."""
+    journal = spark.table(tables.journal).filter(F.col("run_id").isin(runs))
+    captions = _journaled(journal, "captions", tables.schema or spark.table(
+        tables.captions).schema, ["path", "endpoint", "prompt_id"])
+    folded = captions.count()
+    if folded:
+        merge_batch(spark, tables, captions)
+    if present(spark, tables, "_groups"):  # (a grouped run made it before it journaled)
+        groups_schema = spark.table(tables.groups).schema
+        answers = _journaled(journal, "groups", groups_schema,
+                             ["group_key", "endpoint", "prompt_id"])
+        if answers.limit(1).count():
+            _merge(spark, "merge_groups.sql", _aligned(groups_schema, answers), "groups",
+                   groups_table=tables.groups)
+    forget_journal(spark, tables, dict.fromkeys(runs, 2**31 - 1))
+    return folded
+
+
+def _journaled(journal: DataFrame, kind: str, schema: StructType,
+               key: list[str]) -> DataFrame:
+    """The journal's rows of one `kind`, in the columns of `schema` (MICROS as journaled:
+    epoch microseconds), one per key: an `ok` one first, then the latest."""
+    as_written = StructType([StructField(f.name, LongType()) if f.name in MICROS else f
+                             for f in schema.fields])
+    rows = (journal.filter(F.col("kind") == kind)
+            .select(F.from_json("row_json", as_written).alias("r"), "written_at")
+            .select("r.*", "written_at"))
+    rows = rows.select(*[
+        F.timestamp_micros(F.col(f.name)).alias(f.name) if f.name in MICROS
+        else F.col("written_at").alias(f.name) if f.name in NOW
+        else F.col(f.name) for f in schema.fields], "written_at")
+    best = F.struct((F.col("status") == "ok").alias("ok"), F.col("written_at"))
+    ranked = rows.withColumn("_best", F.max(best).over(Window.partitionBy(*key)))
+    return ranked.filter(best == F.col("_best")).dropDuplicates(key).drop("_best", "written_at")
 
 
 def forget_claims(spark: SparkSession, tables: Tables, runs: list[str]) -> None:

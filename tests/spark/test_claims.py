@@ -57,34 +57,44 @@ def names(batch: Batch) -> set[str]:
     return {e.path.rsplit("/", 1)[-1] for e in batch.entries}
 
 
-def test_two_runs_ask_disjoint_work_but_the_first_batch_and_skip_what_the_other_did(
+def asked(batch: Batch) -> Batch:
+    """What the loop asks of a batch: the units its claim holds, once decided."""
+    if batch.claim is None:
+        return batch
+    mine = batch.claim.result()
+    return replace(batch, entries=tuple(e for e in batch.entries if unit_of(e) in mine))
+
+
+def test_two_runs_ask_disjoint_work_from_the_first_batch_on_and_skip_what_the_other_did(
     setting,
 ) -> None:
     spark, ctx, tables, run, batches = setting
     one, two = run("run-1"), run("run-2")
     a, b = one.batches(iter(batches)), two.batches(iter(batches))
-    asked: dict[str, list[set[str]]] = {"run-1": [], "run-2": []}
+    got: dict[str, list[set[str]]] = {"run-1": [], "run-2": []}
 
     def take(gen, run_id: str) -> None:
-        batch = next(gen)
-        asked[run_id].append(names(batch))
-        commit(spark, ctx, tables, batch, run_id)
+        batch = asked(next(gen))
+        if batch.entries:
+            got[run_id].append(names(batch))
+            commit(spark, ctx, tables, batch, run_id)
 
-    take(a, "run-1")  # both ask their first batch while its claim is written
-    take(b, "run-2")
-    take(a, "run-1")  # run-1 claims batches 2 and 3 first
-    take(b, "run-2")  # run-2 finds them held, sets them aside, claims 4 and 5
-    take(a, "run-1")  # batch 3
-    take(a, "run-1")  # 4 and 5 are run-2's: run-1 claims 6
-    take(b, "run-2")  # batch 5
-    assert next(b, None) is None  # 6 is run-1's; the tail finds 2, 3 and 6 answered
-    assert next(a, None) is None  # and 4 and 5
+    take(a, "run-1")  # run-1 claims batches 1 and 2 first, and asks 1
+    take(b, "run-2")  # run-2 claimed them too, later: its first batch holds nothing...
+    take(b, "run-2")  # ...nor its second
+    take(b, "run-2")  # it claims 3 and 4, and asks 3
+    take(a, "run-1")  # batch 2
+    take(a, "run-1")  # 3 and 4 are run-2's: run-1 sets them aside, claims 5 and 6, asks 5
+    take(b, "run-2")  # batch 4
+    take(a, "run-1")  # batch 6
+    assert next(a, None) is None  # the tail finds 3 and 4 answered
+    assert next(b, None) is None  # 5 and 6 are run-1's; the tail finds 1, 2, 5, 6 answered
 
     def of(*numbers: int) -> list[set[str]]:
         return [names(batches[n - 1]) for n in numbers]
 
-    assert asked == {"run-1": of(1, 2, 3, 6), "run-2": of(1, 4, 5)}
-    assert one.others == {"run-2": 8} and two.others == {"run-1": 12}
+    assert got == {"run-1": of(1, 2, 5, 6), "run-2": of(3, 4)}  # each file asked once
+    assert one.others == {"run-2": 8} and two.others == {"run-1": 16}
     assert not one.left and not two.left
     assert live(spark, tables) == {"run-1", "run-2"}
     for claims in (one, two):
@@ -124,7 +134,7 @@ def test_a_dead_runs_claims_lapse_and_a_live_runs_units_wait_until_it_lets_go(
 
     me = run("run-1")
     gen = me.batches(iter(batches[:4]))
-    first_three = [names(next(gen)) for _ in range(3)]
+    first_three = [names(asked(next(gen))) for _ in range(3)]
     assert first_three[0] == names(batches[0])
     # What "dead" answered is done; the rest of its claims are this run's.
     assert set().union(*first_three[1:]) == (names(batches[1]) | names(batches[2])) - {
@@ -162,8 +172,8 @@ def test_units_a_live_run_keeps_are_left_to_it_once_the_tail_gives_up(
     sink.insert_claims(spark, tables, lease_rows(
         ctx, "busy", [unit_of(e) for e in batches[1].entries], until))
     me = run("run-1")
-    got = [names(b) for b in me.batches(iter(batches[:2]))]
-    assert got == [names(batches[0])]
+    got = [names(asked(b)) for b in me.batches(iter(batches[:2]))]
+    assert got == [names(batches[0]), set()]  # the first chunk's claim: batch 2 held
     assert me.left == {unit_of(e): "busy" for e in batches[1].entries}
     (line,) = me.said()
     assert line.startswith("4 file(s) left to runs still at work on them after") and "busy" in line

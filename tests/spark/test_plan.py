@@ -50,7 +50,7 @@ def test_a_file_with_a_row_is_known_so_its_batch_is_merged_not_inserted(
     from pipeline.local.faults import Faults
 
     folder = files.write_photos(tmp_path / "in", 3, "p{}.jpg", lambda i: (20 + i, 20))
-    failing, creds = serve(Faults(rate_503=1.0))
+    failing, creds = serve(Faults(rate_html=1.0))  # a row's failure (an outage is waited out)
     cfg = run_config(folder, max_attempts=1)
     runner.run(replace(cfg, input=str(folder / "p1.jpg")), creds, spark,
                progress=lambda _: None)  # p1 failed: it has a row, and is still to do

@@ -45,9 +45,10 @@ def test_a_delta_table_of_another_program_is_refused_and_left_as_it_was(
 
 
 # Where `_runs` goes, the captions table may be made (it is ours) but holds no row; where
-# `_claims` goes, it is made, and the first batch waited for the claims table: no row either.
+# `_claims` or `_journal` goes, it is made, and the first claim waited for both: no row either.
 @pytest.mark.parametrize(("sibling", "keys", "captions_made"),
-                         [("_runs", "run_id", False), ("_claims", "unit, run_id", True)])
+                         [("_runs", "run_id", False), ("_claims", "unit, run_id", True),
+                          ("_journal", "run_id, row_json", True)])
 def test_a_foreign_table_where_a_sibling_goes_is_refused_before_any_request(
     spark, capsys, tmp_path, sibling: str, keys: str, captions_made: bool
 ) -> None:
@@ -73,7 +74,8 @@ def test_every_table_the_program_makes_carries_the_mark(spark, serve, run_config
     sink.ensure_runs(spark, tables)
     sink.ensure_groups(spark, tables)
     sink.ensure_claims(spark, tables)
-    for name in (tables.captions, tables.runs, tables.groups, tables.claims):
+    sink.ensure_journal(spark, tables)
+    for name in (tables.captions, tables.runs, tables.groups, tables.claims, tables.journal):
         properties = {r["key"]: r["value"] for r in spark.sql(
             "SHOW TBLPROPERTIES IDENTIFIER(:t)", args={"t": name}).collect()}
         assert properties.get(sink.MARK) == "1", name

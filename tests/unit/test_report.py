@@ -6,6 +6,7 @@ import html
 import io
 import os
 import re
+from collections import Counter
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -13,7 +14,7 @@ from PIL import Image
 
 from pipeline import report
 from pipeline.images.limits import LimitsError, load_catalog, parse_catalog
-from pipeline.percentiles import percentile
+from pipeline.percentiles import percentile, percentile_of_counts
 from pipeline.report.charts import bin_counts, bins, time_buckets
 from pipeline.report.page import PAGE_BUDGET_BYTES
 from pipeline.report.sampling import quotas, tally
@@ -245,6 +246,14 @@ def test_bins_put_a_long_tail_in_one_overflow_bin() -> None:
     assert sum(bin_counts(values, b)) == len(values)
     assert bin_counts(values, b)[-1] == 1
     assert percentile([5, 1, 3], 0.5) == 3 and percentile([], 0.5) is None
+
+
+def test_the_percentile_of_counts_is_the_percentile_of_the_values() -> None:
+    values = [7, 3, 3, 120, 45, 45, 45, 9, 1000, 3]
+    counts = Counter(values)
+    for q in (0.01, 0.5, 0.9, 0.95, 1.0):
+        assert percentile_of_counts(counts, q) == percentile(values, q)
+    assert percentile_of_counts(Counter(), 0.5) is None
 
 
 def test_time_buckets_count_every_row() -> None:

@@ -145,3 +145,17 @@ def test_databricks_connect_uses_the_profiles_session(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "databricks.connect", None)
     with pytest.raises(sessions.SessionError, match="pip install 'databricks-connect"):
         sessions.get_spark(kind="databricks-connect")
+
+
+def test_requests_of_lost_spark_tasks_are_counted_as_a_bound_apart() -> None:
+    from pipeline.runs.context import RunResult
+
+    result = RunResult("r", "t")
+    ok = {"status": "ok", "attempts": 1, "latency_ms": 100}
+    result.add([{**ok, "request_share": 1.0, "task_attempt": 0}] * 3
+               + [{**ok, "request_share": 0.5, "task_attempt": 1}] * 4  # a retried task's
+               + [{**ok, "request_share": 1.0, "task_attempt": 2}])  # ...lost twice
+    assert result.requests == 3 + 2 + 1  # what the answers that arrived paid
+    assert result.lost_requests == 2 + 2  # at most this much more, by the lost attempts
+    summary = cli.summary(result)
+    assert "and at most 4 more sent by Spark tasks lost with their executor" in summary
