@@ -1,6 +1,7 @@
 -- The groups table (<table>_groups): one answer per group of files that belong together
 -- (--group-by), keyed by (group_key, endpoint, prompt_id). Each member file also has its row
--- in the captions table, with its own status and this group_key.
+-- in the captions table, with its own status and this group_key. A MERGE a batch, as for the
+-- captions table: auto compaction keeps the file count down.
 CREATE TABLE IF NOT EXISTS IDENTIFIER(:groups_table) (
   group_key STRING NOT NULL COMMENT 'the folder, or the first capture group of --group-by',
   endpoint STRING NOT NULL COMMENT 'serving endpoint name',
@@ -24,4 +25,5 @@ CREATE TABLE IF NOT EXISTS IDENTIFIER(:groups_table) (
   run_id STRING COMMENT 'the run that wrote this row',
   processed_at TIMESTAMP
 ) USING DELTA
-TBLPROPERTIES ('delta.enableDeletionVectors' = 'false', 'vision_batch.schema_version' = '1')
+TBLPROPERTIES ('delta.enableDeletionVectors' = 'false', 'delta.autoOptimize.autoCompact' = 'true',
+               'vision_batch.schema_version' = '1')

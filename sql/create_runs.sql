@@ -1,6 +1,7 @@
 -- The runs table: one row per run, written 'running' at the start and completed at the end,
 -- so a run that was killed stays visible as one that never finished. No deletion vectors:
 -- as for the captions table, readers without them (delta-rs: polars, DuckDB) can read it.
+-- Auto compaction: two small writes a run, so the file count stays low over thousands of runs.
 CREATE TABLE IF NOT EXISTS IDENTIFIER(:runs_table) (
   run_id STRING NOT NULL,
   started_at TIMESTAMP,
@@ -31,4 +32,5 @@ CREATE TABLE IF NOT EXISTS IDENTIFIER(:runs_table) (
   error_message STRING COMMENT 'why the run failed, one line',
   config_json STRING COMMENT 'effective configuration, without secrets'
 ) USING DELTA
-TBLPROPERTIES ('delta.enableDeletionVectors' = 'false', 'vision_batch.schema_version' = '1')
+TBLPROPERTIES ('delta.enableDeletionVectors' = 'false', 'delta.autoOptimize.autoCompact' = 'true',
+               'vision_batch.schema_version' = '1')

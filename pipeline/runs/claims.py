@@ -244,20 +244,21 @@ class Claims:
     def _read(self, units: list[str]) -> list[Claim]:
         """Every run's first claim of these units, and whether its lease holds."""
         assert self._tables is not None
-        rows = (self.spark.table(self._tables.claims).filter(self.ctx.asked_here)
-                .select("unit", "run_id", "expires_at",
-                        F.col("_metadata.row_commit_version").alias("version")))
-        leases = (rows.filter(F.col("unit").isNull()).groupBy("run_id")
-                  .agg(F.max_by("expires_at", "version").alias("until")))
-        firsts = (rows.filter(F.col("unit").isin(units)).groupBy("unit", "run_id")
-                  .agg(F.min("version").alias("first")))
+        # One scan, one aggregate: per run, whether its last lease holds (the lease rows'
+        # group, unit NULL); per unit asked about and run, its first claim. The table is read
+        # once, not once for the leases and once more for the claims.
         now = F.lit(datetime.now(timezone.utc))
-        found = (firsts.join(leases, "run_id", "left")
-                 .select("unit", "run_id", "first",
-                         F.coalesce(F.col("until") > now, F.lit(False)).alias("live"))
+        wanted = F.col("unit").isNull() | F.col("unit").isin(units)
+        found = (self.spark.table(self._tables.claims).filter(self.ctx.asked_here & wanted)
+                 .select("unit", "run_id", "expires_at",
+                         F.col("_metadata.row_commit_version").alias("version"))
+                 .groupBy("unit", "run_id")
+                 .agg(F.min("version").alias("first"),
+                      (F.max_by("expires_at", "version") > now).alias("live"))
                  .collect())
-        claims = [Claim(r["unit"], r["run_id"], int(r["first"]), bool(r["live"]))
-                  for r in found]
+        live = {r["run_id"] for r in found if r["unit"] is None and r["live"]}
+        claims = [Claim(r["unit"], r["run_id"], int(r["first"]), r["run_id"] in live)
+                  for r in found if r["unit"] is not None]
         self._holders.update({c.unit: c.run_id for c in claims if c.run_id != self.ctx.run_id
                               and c.unit not in self._holders})
         return claims

@@ -8,6 +8,16 @@ IDENTIFIER(:table), and no value is ever formatted into SQL text.
 Rows arrive as plain Python dicts built on the driver (a batch's rows are in hand anyway):
 each write is one small local DataFrame and one statement, and what was written is counted
 from those rows, not by another Spark job.
+
+What keeps a batch as cheap at the ten-millionth row as at the first (README, "What a long
+run keeps flat"): each MERGE names the key range of its batch (`t.path BETWEEN :first_path
+AND :last_path`), so Delta reads only the files whose min/max statistics overlap it, not the
+whole table; batches arrive in key order, so the files they leave hold narrow ranges. The
+statistics of a string keep a prefix of it (32 characters by default), and paths share much
+longer ones: a local session keeps STRING_STATS characters (`tune`). Auto compaction keeps
+the file count down, in files of at most COMPACTED_BYTES, so a MERGE that updates a row
+rewrites that much at most. Every table is auto-compacted (the DDL's TBLPROPERTIES; a table
+made by an older version gains them, `_adopt`).
 """
 
 from __future__ import annotations
@@ -16,6 +26,7 @@ import glob
 import hashlib
 import os
 import random
+import re
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
@@ -31,7 +42,7 @@ from pyspark.sql.window import Window
 from pipeline.errors import RunError
 from pipeline.files import localfs
 from pipeline.resources import sql_text
-from pipeline.spark import analyze
+from pipeline.spark import analyze, is_local
 
 # Delta's optimistic concurrency: two runs merging into one table can conflict. The
 # loser retries against the new snapshot. Delta's own exception types say so on a classic
@@ -74,6 +85,18 @@ KEYS = {"create_captions.sql": ("path", "endpoint", "prompt_id"),
         "create_groups.sql": ("group_key", "endpoint", "prompt_id"),
         "create_claims.sql": ("unit", "run_id"),
         "create_journal.sql": ("run_id", "row_json")}
+
+# Table properties of the DDL that a table made by an older version is given (never changed
+# where the table has its own value), each by its one statement in sql/.
+UPKEEP = {"delta.autoOptimize.autoCompact": "auto_compact.sql",
+          "delta.logRetentionDuration": "claims_log_retention.sql"}
+
+# A local session's Delta settings for these tables (`tune`). Elsewhere the session is not
+# ours to change: set them in the cluster's Spark config (README).
+STRING_STATS = 256  # characters of a string column's min/max statistics (Delta keeps 32)
+COMPACTED_BYTES = 16 * 1024 * 1024  # auto compaction's files: at most this (Delta: 128 MB)
+SESSION = {"spark.databricks.io.skipping.stringPrefixLength": str(STRING_STATS),
+           "spark.databricks.delta.autoCompact.maxFileSize": str(COMPACTED_BYTES)}
 
 # Columns that travel from Python as epoch microseconds (exact, whatever the time zones of
 # the driver and the session), and the column stamped with the time of the write.
@@ -140,6 +163,20 @@ def fresh(spark: SparkSession, tables: Tables) -> bool:
     return not _exists(spark, tables, "") and not _exists(spark, tables, "_runs")
 
 
+def tune(spark: SparkSession) -> None:
+    """A local session (ours: made for this command) writes statistics that let each MERGE
+    skip the files outside its batch's key range, and compacts into files a MERGE rewrites
+    quickly (SESSION). A value set higher already is kept; elsewhere nothing is changed."""
+    if not is_local(spark):
+        return
+    for key, value in SESSION.items():
+        try:
+            if int(spark.conf.get(key, "0") or 0) < int(value):
+                spark.conf.set(key, value)
+        except Exception:  # noqa: S110 - a server that pins it keeps its own value
+            pass
+
+
 def _exists(spark: SparkSession, tables: Tables, suffix: str) -> bool:
     """Whether `<table><suffix>` is there. A folder that holds something other than a Delta
     table is refused here, before anything is created."""
@@ -153,6 +190,7 @@ def _exists(spark: SparkSession, tables: Tables, suffix: str) -> bool:
 def resolve(spark: SparkSession, table: str) -> Tables:
     """The captions table, created (from sql/ DDL) or brought up to it if needed. The runs
     table waits for `ensure_runs`, so a run pays for it only when it writes there."""
+    tune(spark)
     tables = named(table)
     created = not _exists(spark, tables, "")
     if created:
@@ -200,6 +238,7 @@ def _ensure_sibling(spark: SparkSession, tables: Tables, suffix: str, ddl_file: 
     """Create `<table><suffix>` from its DDL file unless it exists (then check it is ours and
     bring it up to the DDL), under the name the other statements use (for a path table:
     registered in the session's catalog). Its schema."""
+    tune(spark)
     name = tables.captions + suffix
     location = tables.sibling(suffix)
     if not _exists(spark, tables, suffix):
@@ -233,8 +272,14 @@ def merge_captions(
     tried first (it rewrites no file). If its own metrics say it inserted fewer rows than it
     was given, another run wrote some of these files meanwhile, and the full MERGE
     (sql/merge_captions.sql) decides for them as for any replay.
+
+    Both name the batch's first and last path: Delta reads only the table's files whose
+    paths overlap that range (the rows it could match are all there).
     """
-    args = {"table": tables.captions}
+    if not rows:
+        return
+    paths = [r["path"] for r in rows]
+    args = {"table": tables.captions, "first_path": min(paths), "last_path": max(paths)}
 
     def write(view: str) -> None:
         if new:
@@ -251,15 +296,23 @@ def merge_captions(
 
 def merge_batch(spark: SparkSession, tables: Tables, batch: DataFrame) -> None:
     """MERGE rows already in a DataFrame (a replay, a repair) into the captions table."""
+    bounds = batch.agg(F.min("path").alias("first"), F.max("path").alias("last")).first()
+    if bounds is None or bounds["first"] is None:  # no row: nothing to merge
+        return
     _merge(spark, "merge_captions.sql", _aligned(tables.schema or spark.table(
-        tables.captions).schema, batch), "batch", table=tables.captions)
+        tables.captions).schema, batch), "batch", table=tables.captions,
+        first_path=bounds["first"], last_path=bounds["last"])
 
 
 def merge_groups(spark: SparkSession, tables: Tables, schema: StructType,
                  rows: list[dict[str, Any]]) -> None:
-    """MERGE one batch of group answers into the groups table."""
+    """MERGE one batch of group answers into the groups table (reading only the files whose
+    group keys overlap the batch's)."""
+    if not rows:
+        return
+    keys = [r["group_key"] for r in rows]
     _merge(spark, "merge_groups.sql", frame_of(spark, schema, rows), "groups",
-           groups_table=tables.groups)
+           groups_table=tables.groups, first_key=min(keys), last_key=max(keys))
 
 
 def insert_run(spark: SparkSession, tables: Tables, row: dict[str, Any]) -> None:
@@ -383,7 +436,8 @@ def _aligned(schema: StructType, rows: DataFrame) -> DataFrame:
 
 def _merge(spark: SparkSession, template: str, source: DataFrame, source_marker: str,
            **tables: str) -> None:
-    """Run a MERGE template from sql/ with `source` bound, as a temporary view, to a marker."""
+    """Run a MERGE template from sql/ with `source` bound, as a temporary view, to a marker
+    (and the other markers to `tables`: names and values)."""
     _with_view(spark, source, lambda view: _with_retries(
         lambda: spark.sql(sql_text(template), args={**tables, source_marker: view})))
 
@@ -420,7 +474,20 @@ def _adopt(spark: SparkSession, table: str, ddl_file: str, shown: str) -> Struct
                              f"{', '.join(missing)} column): name a new table; nothing was "
                              "changed")
         spark.sql(sql_text("mark_table.sql"), args={"table": table})
+    for key in sorted((set(ddl_properties(ddl_file)) & set(UPKEEP)) - properties):
+        spark.sql(sql_text(UPKEEP[key]), args={"table": table})
     return _add_missing_columns(spark, table, ddl_file, schema)
+
+
+def ddl_properties(ddl_file: str) -> dict[str, str]:
+    """The table properties a CREATE TABLE file in sql/ sets."""
+    return properties_in(sql_text(ddl_file))
+
+
+def properties_in(ddl: str) -> dict[str, str]:
+    """The table properties of a CREATE TABLE statement's TBLPROPERTIES clause."""
+    clause = ddl[ddl.rindex("TBLPROPERTIES"):]
+    return dict(re.findall(r"'([^']+)'\s*=\s*'([^']*)'", clause))
 
 
 def _add_missing_columns(spark: SparkSession, table: str, ddl_file: str,
