@@ -374,9 +374,12 @@ def fold_journal(spark: SparkSession, tables: Tables, runs: list[str]) -> int:
         groups_schema = spark.table(tables.groups).schema
         answers = _journaled(journal, "groups", groups_schema,
                              ["group_key", "endpoint", "prompt_id"])
-        if answers.limit(1).count():
+        bounds = answers.agg(F.min("group_key").alias("first"),
+                             F.max("group_key").alias("last")).first()
+        if bounds is not None and bounds["first"] is not None:
             _merge(spark, "merge_groups.sql", _aligned(groups_schema, answers), "groups",
-                   groups_table=tables.groups)
+                   groups_table=tables.groups, first_key=bounds["first"],
+                   last_key=bounds["last"])
     forget_journal(spark, tables, dict.fromkeys(runs, 2**31 - 1))
     return folded
 

@@ -43,6 +43,7 @@ def launch(folder: Path, table: Path, url: str, client: OAuthClient, caller: str
         start_new_session=True)
 
 
+@pytest.mark.timeout(900)  # two runs of about three minutes each, side by side
 def test_a_long_run_outlives_its_tokens_and_waits_out_an_outage_with_either_caller(
     spark, tmp_path
 ) -> None:

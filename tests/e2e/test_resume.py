@@ -101,6 +101,7 @@ def killed_and_resumed(spark, serve, tmp_path, session: dict[str, str] | None = 
     assert endpoint.stats()["rejected_400"] == 0
 
 
+@pytest.mark.timeout(600)
 def test_a_kill_9_costs_seconds_of_answers_not_batches(spark, serve, tmp_path) -> None:
     """#25: kill -9 at about 60% of 600 files in batches of 300 paid 121 answers twice (and
     up to a whole batch): what a crash cost grew with the batch size. Answers are journaled

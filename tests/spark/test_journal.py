@@ -107,3 +107,25 @@ def test_a_dead_runs_journal_is_folded_once_and_a_live_runs_is_left_alone(
     assert {r.run_id for r in journal_rows(spark, cfg)} == {"alive"}
     assert journal.fold(spark, tables) == 0  # once only
     assert len(rows_of(spark, cfg)) == 5
+
+
+def test_a_dead_grouped_runs_group_answers_are_folded_too(
+    spark, serve, run_config, tmp_path
+) -> None:
+    folder = files.write_photos(tmp_path / "in", 2, "p{}.jpg", lambda i: (30 + i, 20))
+    cfg = run_config(folder)
+    tables = sink.resolve(spark, cfg.table)
+    sink.ensure_groups(spark, tables)
+    sink.ensure_journal(spark, tables)
+    group = {"group_key": "sku-1", "endpoint": cfg.endpoint, "prompt_id": "p", "fingerprint": "f",
+             "member_paths": ["a.jpg", "b.jpg"], "images": 2, "parts": 1, "status": "ok",
+             "answer": "two mugs", "part_answers": ["two mugs"], "prompt_tokens": 10,
+             "completion_tokens": 3, "total_tokens": 13, "usage_source": "endpoint",
+             "attempts": 1, "latency_ms": 5, "run_id": "dead"}
+    sink.insert_journal(spark, tables, [{"run_id": "dead", "batch": 1, "kind": "groups",
+                                         "row_json": json.dumps(group)}])
+    journal.fold(spark, tables)  # no claims table at all: no run is alive
+    [row] = spark.read.format("delta").load(cfg.table + "_groups").collect()
+    assert (row.group_key, row.answer, list(row.member_paths)) == (
+        "sku-1", "two mugs", ["a.jpg", "b.jpg"])
+    assert not journal_rows(spark, cfg)
