@@ -17,7 +17,7 @@ from pipeline.local.faults import Faults
 from pipeline.local.server import EndpointOptions, LocalEndpoint
 
 REPO = Path(__file__).resolve().parents[1]
-TIERS = ("unit", "spark", "e2e")  # the folders under tests/, one marker each
+TIERS = ("unit", "spark", "e2e", "cluster")  # the folders under tests/, one marker each
 
 # Tests never talk to a real workspace, whatever the developer's shell holds.
 for _name in ("DATABRICKS_HOST", "DATABRICKS_TOKEN", "DATABRICKS_CONFIG_PROFILE",
