@@ -48,7 +48,8 @@ def _input_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", choices=("udf", "sql"))
     p.add_argument("--caller", choices=CALLERS,
                    help="where requests are sent from: Spark's executors, or the driver "
-                        "(auto: the driver where UDFs cannot reach the network)")
+                        "(auto, the default: the driver, which loses no request with an "
+                        "executor)")
     p.add_argument("--spark", choices=SESSIONS,
                    help="Spark session: auto (Databricks' own, SPARK_REMOTE, or local), or "
                         "databricks-connect (the Databricks profile's cluster or serverless)")

@@ -32,8 +32,8 @@ DEFAULT_GROUP_PROMPT = (
 # expression whose first capture group, found in the path, is the group key.
 LOCAL_ENDPOINT = "local-reference"
 MODES = ("udf", "sql")
-# Where requests are sent from (pipeline/runs/callers.py): `auto` picks the executors where
-# their UDFs may reach the network, the driver elsewhere (serverless).
+# Where requests are sent from (pipeline/runs/callers.py): `auto` is the driver on every kind
+# of compute (a lost executor then costs no request: pipeline/runs/__init__.py, caller_for).
 CALLERS = ("auto", "executors", "driver")
 # Which Spark session (pipeline/spark.py): `auto` is the active one on Databricks, a Spark
 # Connect one when SPARK_REMOTE is set, a local one otherwise.

@@ -97,15 +97,6 @@ def _master(spark: SparkSession) -> str:
         return ""
 
 
-def executors_reach_network(spark: SparkSession) -> bool:
-    """Whether a UDF may call the endpoint. Serverless compute forbids it, and a Databricks
-    Connect session cannot tell serverless from a standard-access cluster, so any Connect
-    session on Databricks counts as no; classic clusters and other servers as yes."""
-    if not is_connect(spark):
-        return True
-    return not (on_databricks() or _databricks_connect_loaded())
-
-
 @lru_cache(maxsize=4)
 def _parallelism(session_id: int, spark: SparkSession) -> int:
     master = _master(spark)
@@ -234,10 +225,6 @@ def _databricks_connect() -> SparkSession:
     except Exception as exc:  # its errors name the profile or host, never a token
         first = next((line for line in str(exc).splitlines() if line.strip()), "")
         raise SessionError(f"Databricks Connect: {type(exc).__name__}: {first[:300]}") from None
-
-
-def _databricks_connect_loaded() -> bool:
-    return "databricks.connect" in sys.modules
 
 
 def _free_port() -> int:

@@ -44,7 +44,7 @@ from pipeline.runs.grouped import Grouped
 from pipeline.runs.plan import Entry, sampling, still_to_do
 from pipeline.runs.recovery import Recovery
 from pipeline.runs.single import Singles
-from pipeline.spark import executors_reach_network, get_spark, is_local
+from pipeline.spark import get_spark
 from pipeline.tables import sink
 
 __all__ = ["RunContext", "RunResult", "context", "run"]
@@ -235,15 +235,15 @@ def _recovery(ctx: RunContext, caller: ExecutorCaller | DriverCaller,
 
 def caller_for(spark: SparkSession, ctx: RunContext,
                by_group: bool) -> ExecutorCaller | DriverCaller:
-    """The caller `--caller` names. `auto` asks from the driver where the executors cannot
-    reach the network (serverless) and where they are this same machine (local mode: a
-    Spark job per batch would only add its start and hold a slot), from the executors on a
-    cluster."""
+    """The caller `--caller` names; `auto` is the driver, on every kind of compute. There a
+    lost executor costs no request (it held prepared images, which Spark prepares again),
+    where an asking task lost with its executor is asked again whole and its answers are
+    lost (measured on a standalone cluster: 140-160 answers paid for 120 files); serverless
+    UDFs cannot reach the network at all; and one driver's client drives hundreds of
+    requests a second (about 2 ms of CPU each), more than most endpoints admit. The
+    executors are for the rare endpoint that admits more (README, "Where it runs")."""
     plan = ctx.call_plan(ctx.family.max_images_per_request if by_group else 0)
-    kind = ctx.config.caller
-    if kind == "auto":
-        from_driver = is_local(spark) or not executors_reach_network(spark)
-        kind = "driver" if from_driver else "executors"
+    kind = "driver" if ctx.config.caller == "auto" else ctx.config.caller
     assert ctx.credentials is not None  # a run that asks has them
     caller = DriverCaller if kind == "driver" else ExecutorCaller
     return caller(spark, plan, ctx.credentials)

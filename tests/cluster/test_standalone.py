@@ -197,20 +197,15 @@ def test_executor_caller_splits_the_budget_over_tasks_on_both_executors(
     assert budget * 3 // 4 <= stats["max_in_flight"] <= budget
 
 
-class PaidNotReported(AssertionError):
-    """What the endpoint answered is not what the run reports."""
-
-
-@pytest.mark.xfail(
-    strict=True, raises=PaidNotReported,
-    reason="#25: the retry of a lost asking task asks its units again, and the answers the "
-           "lost task was paid for are counted nowhere: the summary and runs row under-report")
 def test_executor_caller_reports_what_a_killed_executor_was_paid_for(
     cluster, serve, tmp_path, record_property
 ) -> None:
     """An executor dies mid-batch with its asking task: Spark runs the task again elsewhere,
-    and the run still succeeds with every row right. Every request the endpoint answered,
-    the lost task's included, is in the summary and the runs row."""
+    and the run still succeeds with every row right. #25: the lost task's requests were
+    counted nowhere (the endpoint answered 140-160 for 120 files, the summary said 120). A
+    lost attempt's answers never reach the driver, so what it paid cannot be known exactly:
+    the retry says it is one, and the run counts at most its units again, apart
+    (`lost_task_requests`), so that what was paid lies between the two figures."""
     count, budget = 120, 40  # two tasks of 20 slots, 60 images each: three rounds of 1 s
     # Not capped: the lost task's requests run to their end at the endpoint while its retry
     # starts beside them, over the budget for a moment; 429s then would blur the count.
@@ -222,5 +217,7 @@ def test_executor_caller_reports_what_a_killed_executor_was_paid_for(
     stats = watched.stats
     paid = stats["answered_ok"]
     assert stats["by_status"] == {"200": paid} == {"200": stats["requests"]}
-    if not watched.requests == watched.runs[0]["requests"] == paid:
-        raise PaidNotReported(watched.report("executors"))
+    assert watched.requests == watched.runs[0]["requests"] == count  # the answers that came
+    lost = watched.runs[0]["lost_task_requests"]
+    assert f"and at most {lost} more sent by Spark tasks lost" in watched.out
+    assert 0 < paid - count <= lost, watched.report("executors")
