@@ -56,8 +56,10 @@ class Breaker:
 
     def exhausted(self, answered_before: int) -> bool:
         """A request used up its attempts on outage failures. Whether that is an outage:
-        nothing was answered since it began (`answered_before` is `answered` then), so the
-        endpoint, not this request, is the likelier cause. Then the breaker opens."""
+        nothing was answered since its first such failure (`answered_before` is `answered`
+        then), so the endpoint, not this request, is the likelier cause. Then the breaker
+        opens. (Since its first failure, not since it began: answers that came in before the
+        endpoint went down say nothing about what it does now.)"""
         with self._lock:
             if self.answered != answered_before:
                 return False

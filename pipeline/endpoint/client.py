@@ -227,7 +227,7 @@ class CaptionClient:
         failures = 0  # attempts that failed, but for refused credentials
         met_outage = False
         latency_ms = None
-        answered_before = self.breaker.answered
+        answered_before = 0  # the breaker's answers when this request first met an outage
         held = dict.fromkeys(pacer.windows, 0.0) if pacer is not None else {}
 
         def result(deferred: bool = False) -> CallResult:
@@ -264,6 +264,8 @@ class CaptionClient:
                     pacer.settle(ticket, spent(attempt, cost))
             kind = attempt.error_class
             if kind in OUTAGE:
+                if not met_outage:  # the endpoint's answers from here on say it is up
+                    answered_before = self.breaker.answered
                 self.breaker.failed(first=not met_outage, message=attempt.message)
                 met_outage = True
             elif kind not in (ErrorClass.RATE_LIMITED, ErrorClass.BAD_RESPONSE):

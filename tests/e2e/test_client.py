@@ -19,6 +19,7 @@ from pipeline.endpoint.client import (
 )
 from pipeline.endpoint.payloads import PromptSpec, caption_parser, chat_body, encode
 from pipeline.local.faults import Faults, pick_fault
+from pipeline.local.outage import Outage
 from tests import files
 
 SPEC = PromptSpec("Describe.", max_tokens=50)
@@ -90,6 +91,17 @@ def test_an_outage_puts_every_row_off_and_stops_the_sending(serve) -> None:
     # Without the breaker: 40 rows x 5 attempts = 200 requests. With it, sending stops once
     # OPEN_AFTER requests in a row have met a 503 (those in flight and their retries aside).
     assert endpoint.stats()["requests"] < 4 * OPEN_AFTER
+
+
+def test_answers_before_an_outage_do_not_make_failures_of_the_rows_it_meets(serve) -> None:
+    """The endpoint goes down at its third request: the rows it meets are put off, though
+    other rows were answered after they began (the long-run test saw 4 rows of an asking
+    task fail so: answers from before the outage said nothing of the endpoint after)."""
+    endpoint, creds = serve(outage=Outage(after_requests=3, seconds=60), latency_ms=50)
+    # Three rows meet it: fewer than the breaker's OPEN_AFTER, so each decides alone.
+    results = call_all(endpoint.url, creds, bodies(5), max_attempts=3, concurrency=2)
+    assert [r.ok for r in results[:2]] == [True, True]
+    assert all(r.deferred and r.error_class == "server_error" for r in results[2:])
 
 
 def test_one_rows_own_server_errors_fail_that_row_alone(serve) -> None:

@@ -55,7 +55,8 @@ def test_a_long_run_outlives_its_tokens_and_waits_out_an_outage_with_either_call
     try:
         for caller in CALLERS:
             folder = files.write_photos(tmp_path / caller / "in", count, "p{:03}.jpg",
-                                        lambda i, c=caller: (30 + i % 50, 20 + len(c)))
+                                        lambda i, c=caller: (30 + i % 50,
+                                                             20 + i // 50 + 10 * len(c)))
             runs[caller] = launch(folder, tmp_path / caller / "captions", endpoint.url, client,
                                   caller, "--max-concurrency", "2", "--max-files-per-batch",
                                   "40")
@@ -76,6 +77,8 @@ def test_a_long_run_outlives_its_tokens_and_waits_out_an_outage_with_either_call
     stats = endpoint.stats()
     assert time.monotonic() - began >= 90
 
+    for caller, (out, err) in said.items():
+        print(f"--caller {caller}:\n{out}{err[-3000:]}")  # the whole story, should one fail
     for caller, (out, err) in said.items():
         assert runs[caller].returncode == 0, (caller, err)
         assert f"{count} ok, 0 invalid, 0 failed" in out, (caller, out)
