@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 
 from pipeline.endpoint.auth import Credentials, CredentialSource
-from pipeline.endpoint.breaker import OUTAGE, Breaker
+from pipeline.endpoint.breaker import OPEN_AFTER, OUTAGE, Breaker
 from pipeline.endpoint.pacing import Cost, Pacer, Ticket, TokenLimits, oversized
 from pipeline.endpoint.payloads import BadResponse, PromptSpec, chat_body, encode, error_message
 from pipeline.errors import RunError
@@ -197,6 +197,7 @@ class CaptionClient:
         self.limit = AdaptiveLimit(s.concurrency)
         self.gate = RateGate(s.rpm)
         self.pacer = Pacer(s.limits) if s.limits.given() else None
+        self.breaker.open_after = max(OPEN_AFTER, s.concurrency)  # a window's worth
         self._source: CredentialSource = self.source or s.credentials
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(s.timeout_s, connect=min(10.0, s.timeout_s)),
@@ -227,7 +228,7 @@ class CaptionClient:
         failures = 0  # attempts that failed, but for refused credentials
         met_outage = False
         latency_ms = None
-        answered_before = 0  # the breaker's answers when this request first met an outage
+        first_outage_at = 0.0  # when this request first met an outage failure
         held = dict.fromkeys(pacer.windows, 0.0) if pacer is not None else {}
 
         def result(deferred: bool = False) -> CallResult:
@@ -256,6 +257,7 @@ class CaptionClient:
                     started = time.perf_counter()
                 used = await self._credentials()
                 number += 1
+                sent_at = time.monotonic()
                 attempt = await self._attempt(body, parse, used)
             finally:
                 latency_ms = int((time.perf_counter() - started) * 1000)
@@ -264,12 +266,11 @@ class CaptionClient:
                     pacer.settle(ticket, spent(attempt, cost))
             kind = attempt.error_class
             if kind in OUTAGE:
-                if not met_outage:  # the endpoint's answers from here on say it is up
-                    answered_before = self.breaker.answered
-                self.breaker.failed(first=not met_outage, message=attempt.message)
-                met_outage = True
+                at = self.breaker.failed(first=not met_outage, message=attempt.message)
+                if not met_outage:
+                    first_outage_at, met_outage = at, True
             elif kind not in (ErrorClass.RATE_LIMITED, ErrorClass.BAD_RESPONSE):
-                self.breaker.alive()  # an answer, or a 4xx: the endpoint is up
+                self.breaker.alive(sent_at)  # an answer, or a 4xx: the endpoint is up
             if attempt.answer is not None:
                 return result()
             if kind == ErrorClass.AUTH:
@@ -283,7 +284,9 @@ class CaptionClient:
             throttled += kind == ErrorClass.RATE_LIMITED
             failures += 1
             if kind not in RETRIABLE or failures == s.max_attempts:
-                outage = kind in OUTAGE and self.breaker.exhausted(answered_before)
+                # One attempt is no retry: nothing to tell an outage by but the breaker's own.
+                outage = (kind in OUTAGE and failures > 1
+                          and self.breaker.exhausted(first_outage_at))
                 return result(deferred=outage)
             if attempt.retry_after_s is not None:
                 delay = min(attempt.retry_after_s, MAX_RETRY_AFTER_S)

@@ -104,6 +104,16 @@ def test_answers_before_an_outage_do_not_make_failures_of_the_rows_it_meets(serv
     assert all(r.deferred and r.error_class == "server_error" for r in results[2:])
 
 
+def test_answers_to_requests_sent_before_an_outage_do_not_hide_it(serve) -> None:
+    """The endpoint goes down at its second request, after accepting the first, which it
+    answers 100 ms later while the other rows meet 503s. That answer says nothing of the
+    endpoint now: the other rows are put off, not failed."""
+    endpoint, creds = serve(outage=Outage(after_requests=2, seconds=60), latency_ms=100)
+    results = call_all(endpoint.url, creds, bodies(3), max_attempts=4, concurrency=2)
+    assert sum(r.ok for r in results) == 1  # the first to arrive, whichever it was
+    assert all(r.deferred and r.error_class == "server_error" for r in results if not r.ok)
+
+
 def test_one_rows_own_server_errors_fail_that_row_alone(serve) -> None:
     """A body the endpoint always refuses with 500 while it answers the others: a failure of
     that row, not an outage (found among bodies whose faults, a function of the seed and
