@@ -42,6 +42,16 @@ from pipeline.resources import conf_dir
 ARROW_MAX_BYTES = 64 * 1024 * 1024
 ARROW_MAX_RECORDS = 256
 
+# The local JVM's JIT (issue #25; benchmarks/jvm_options.py measures the candidates). C1 alone:
+# a local JVM lives for one command, and on a few cores C2 costs more CPU than it saves (the
+# demo: 37 s of JVM CPU against 73 s with the JVM's default, C1 and C2, and 1.5x the wall clock;
+# 6000 photos: 140 s against 191 s). But with C1 alone Java 17 reserves 48 MB for compiled
+# code, which Spark and Delta filled 150 s into that run ("CodeCache is full. Compiler has been
+# disabled.", then a method handle that could not be linked failed a run). 256 MB holds the
+# largest peak measured, 78 MB after 200 batches in 30 minutes, three times over, and leaves
+# the JVM room to flush cold code (on by default) long before it is full. It is address space:
+# memory is taken only as code is compiled.
+JIT_OPTIONS = "-XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=256m"
 
 
 class SessionError(RunError):
@@ -131,11 +141,11 @@ def _local_settings(app_name: str) -> dict[str, str]:
         "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
         "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
         "spark.driver.memory": os.environ.get("VISION_BATCH_DRIVER_MEMORY", "4g"),
-        # Spark's own log level, set by file rather than through the JVM (see module doc).
-        # A local JVM lives for one command: its JIT compiling at full optimization costs
-        # more CPU than it saves (C1 alone: a third less JVM CPU in the 2000-photo run).
+        # Spark's own log level, set by file rather than through the JVM (see module doc);
+        # then the JIT's options, which VISION_BATCH_JVM_OPTIONS replaces for
+        # benchmarks/jvm_options.py alone (it compares candidates; not a user setting).
         "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile=file:{log4j} "
-                                         "-XX:TieredStopAtLevel=1",
+                                         + os.environ.get("VISION_BATCH_JVM_OPTIONS", JIT_OPTIONS),
         "spark.ui.enabled": "false",
         "spark.ui.showConsoleProgress": "false",
         # Batches overlap: the scheduler shares slots between the jobs of a prepare, a
