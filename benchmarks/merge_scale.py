@@ -15,7 +15,8 @@ Then, alternately on the two tables (--reps times), two MERGEs of a batch of 100
     replay  100 files that have a row, answered again: sql/merge_captions.sql updates them
 Printed per N: seconds per MERGE (median, and the range over the reps), the files in the
 table, the files the MERGE's scans opened (Spark's SQL metrics, summed over its jobs), and
-the files it rewrote with the rows it copied (DESCRIBE HISTORY).
+the files it rewrote with the rows it copied (DESCRIBE HISTORY); and, for scale, the reuse
+lookup a batch of a run into a table that holds answers makes (single.py, unchanged here).
 
 Part 2, the claims table. `Claims._read` of a chunk of 1000 units against claims tables of
 20,000, 200,000 and 2 million claim rows (claimed 1000 at a time, with the chunk's lease row,
@@ -51,6 +52,7 @@ BASELINE = "bf2776b"  # the last commit before the MERGEs named their batch's pa
 PREFIX = "file:/Volumes/main/media/photos/camera-01/"  # 41 characters, as volumes have
 TAIL_FILES, TAIL_ROWS = 20, 1000  # recent batches auto compaction has not taken yet
 BATCH = 100
+PROMPT_ID = "0123456789abcdef"
 # Auto compaction takes files under half its target and bins them up to the target: files
 # end a little over half of it (the rows' size measured on the first table written).
 FILL = 0.55
@@ -96,8 +98,8 @@ def settings(spark, side: str) -> None:
         spark.conf.set(PREFIX_KEY, "32")
         spark.conf.set(TARGET_KEY, str(DELTA_TARGET))
     else:
-        for key, value in sink.SESSION.items():
-            spark.conf.set(key, value)
+        for key, (value, _) in sink.SESSION.items():
+            spark.conf.set(key, str(value))
 
 
 class Scans:
@@ -111,7 +113,8 @@ class Scans:
         executions = self.store.executionsList()
         return executions.size()
 
-    def files_since(self, mark: int) -> int:
+    def files_since(self, mark: int, table: str) -> int:
+        """Data files of `table` opened since `mark` (not the Delta log's checkpoints)."""
         executions = self.store.executionsList()
         total = 0
         for k in range(mark, executions.size()):
@@ -122,7 +125,7 @@ class Scans:
             nodes = self.store.planGraph(execution.executionId()).allNodes()
             for i in range(nodes.size()):
                 node = nodes.apply(i)
-                if not node.name().startswith("Scan parquet"):
+                if not node.name().startswith("Scan parquet") or table not in node.name():
                     continue
                 metrics = node.metrics()
                 for j in range(metrics.size()):
@@ -155,7 +158,7 @@ def synthetic(spark, schema, ids, replay: str = "", suffix: str = ""):
         "format": F.lit("JPEG"), "width": F.col("id") % 4000, "height": F.col("id") % 3000,
         "sent_width": F.lit(1024), "sent_height": F.lit(768),
         "sent_bytes": F.col("id") % 200_000,
-        "endpoint": F.lit("bench-vlm"), "prompt_id": F.lit("0123456789abcdef"),
+        "endpoint": F.lit("bench-vlm"), "prompt_id": F.lit(PROMPT_ID),
         "status": F.when(failed, F.lit("failed")).otherwise(F.lit("ok")),
         "error_class": F.when(failed, F.lit("timeout")),
         "caption": F.when(~failed, F.concat_ws(
@@ -192,14 +195,14 @@ def build(spark, side: str, ref: str, where: Path, n: int, target: int, row_byte
     schema = tables.schema
     compacted = max(0, n - TAIL_FILES * TAIL_ROWS)
     per_file = max(1, int(FILL * target / row_bytes))
+    # spark.range splits into consecutive ids, and paths sort as their ids: a file per split,
+    # in path order, with no shuffle.
     with files_as_partitioned(spark):
         if compacted:
             files = max(1, round(compacted / per_file))
-            (synthetic(spark, schema, spark.range(0, compacted))
-             .repartitionByRange(files, "path").sortWithinPartitions("path")
+            (synthetic(spark, schema, spark.range(0, compacted, 1, files))
              .write.format("delta").mode("append").saveAsTable(tables.captions))
-        (synthetic(spark, schema, spark.range(compacted, n))
-         .repartitionByRange(TAIL_FILES, "path").sortWithinPartitions("path")
+        (synthetic(spark, schema, spark.range(compacted, n, 1, TAIL_FILES))
          .write.format("delta").mode("append").saveAsTable(tables.captions))
     return tables
 
@@ -237,6 +240,21 @@ def described(spark, table: str):
     from delta.tables import DeltaTable
 
     return DeltaTable.forName(spark, table).detail().first()
+
+
+def reuse_lookup(spark, tables, first: int) -> int:
+    """What a batch of a run into a table holding answers asks first (single.py, `_known`):
+    the answers the table holds for the batch's bytes, looked up by SHA-256."""
+    from pyspark.sql import functions as F
+
+    shas = [(f"{hash((first, i)) & (2**256 - 1):064x}",) for i in range(BATCH)]
+    wanted = spark.createDataFrame(shas, "content_sha256 STRING")
+    return len(spark.table(tables.captions)
+               .filter((F.col("endpoint") == "bench-vlm") & (F.col("prompt_id") == PROMPT_ID)
+                       & (F.col("status") == "ok")
+                       & F.col("reused_from").isNull())
+               .join(F.broadcast(wanted), "content_sha256", "left_semi")
+               .select("content_sha256", "path", "caption").collect())
 
 
 def last_merge(spark, table: str) -> dict:
@@ -283,8 +301,15 @@ def part1(spark, folder: Path, millions: list[float], reps: int, ref: str) -> No
                     merge(spark, side, tables[side], rows, kind, ref)
                     seconds = time.perf_counter() - began
                     results.setdefault((kind, side), []).append(
-                        (seconds, scans.files_since(mark),
+                        (seconds, scans.files_since(mark, tables[side].captions),
                          last_merge(spark, tables[side].captions)))
+        lookups = []
+        for _ in range(reps):  # on the table as it is now, after the MERGEs
+            mark = scans.mark()
+            began = time.perf_counter()
+            reuse_lookup(spark, tables["after"], first)
+            lookups.append((time.perf_counter() - began,
+                            scans.files_since(mark, tables["after"].captions)))
         for kind in ("new", "replay"):
             line = []
             for side in ("before", "after"):
@@ -299,6 +324,9 @@ def part1(spark, folder: Path, millions: list[float], reps: int, ref: str) -> No
             ratio = (statistics.median(r[0] for r in results[(kind, "before")])
                      / statistics.median(r[0] for r in results[(kind, "after")]))
             print(f"    {kind:6s} {line[0]}  |  {line[1]}  |  {ratio:.1f}x")
+        print(f"    the batch's reuse lookup (pipeline/runs/single.py Singles._known, not "
+              f"changed here), after: {statistics.median(t for t, _ in lookups):6.2f} s, "
+              f"{lookups[-1][1]} file(s) read")
         for side in ("before", "after"):
             shutil.rmtree(folder / f"{side}-{n}", ignore_errors=True)
             spark.sql("DROP TABLE IF EXISTS IDENTIFIER(:t)", args={"t": tables[side].captions})
@@ -307,7 +335,7 @@ def part1(spark, folder: Path, millions: list[float], reps: int, ref: str) -> No
 def settings_value(side: str, key: str) -> str:
     from pipeline.tables import sink
 
-    return sink.SESSION[key] if side == "after" else str(DELTA_TARGET)
+    return str(sink.SESSION[key][0]) if side == "after" else str(DELTA_TARGET)
 
 
 # --- Part 2: claims -----------------------------------------------------------------------
@@ -404,7 +432,7 @@ def part2(spark, folder: Path, sizes: list[int], reps: int, ref: str) -> None:
                 seconds = time.perf_counter() - began
                 assert len(found) == 500, len(found)
                 if rep:
-                    timings[side].append((seconds, scans.files_since(mark)))
+                    timings[side].append((seconds, scans.files_since(mark, tables.claims)))
         line = [f"{side} {statistics.median(t for t, _ in timings[side]):5.2f} s "
                 f"({min(t for t, _ in timings[side]):.2f}-{max(t for t, _ in timings[side]):.2f})"
                 f" over {built[side][2]} files ({timings[side][0][1]} opened)"

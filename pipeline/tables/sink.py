@@ -95,8 +95,10 @@ UPKEEP = {"delta.autoOptimize.autoCompact": "auto_compact.sql",
 # ours to change: set them in the cluster's Spark config (README).
 STRING_STATS = 256  # characters of a string column's min/max statistics (Delta keeps 32)
 COMPACTED_BYTES = 16 * 1024 * 1024  # auto compaction's files: at most this (Delta: 128 MB)
-SESSION = {"spark.databricks.io.skipping.stringPrefixLength": str(STRING_STATS),
-           "spark.databricks.delta.autoCompact.maxFileSize": str(COMPACTED_BYTES)}
+# Each setting, and which of its value and one set already is kept: longer statistics,
+# smaller compacted files.
+SESSION = {"spark.databricks.io.skipping.stringPrefixLength": (STRING_STATS, max),
+           "spark.databricks.delta.autoCompact.maxFileSize": (COMPACTED_BYTES, min)}
 
 # Columns that travel from Python as epoch microseconds (exact, whatever the time zones of
 # the driver and the session), and the column stamped with the time of the write.
@@ -166,14 +168,17 @@ def fresh(spark: SparkSession, tables: Tables) -> bool:
 def tune(spark: SparkSession) -> None:
     """A local session (ours: made for this command) writes statistics that let each MERGE
     skip the files outside its batch's key range, and compacts into files a MERGE rewrites
-    quickly (SESSION). A value set higher already is kept; elsewhere nothing is changed."""
+    quickly (SESSION; a value set already that does better is kept). Elsewhere the session
+    is left as it is."""
     if not is_local(spark):
         return
-    for key, value in SESSION.items():
+    for key, (value, keep) in SESSION.items():
         try:
-            if int(spark.conf.get(key, "0") or 0) < int(value):
-                spark.conf.set(key, value)
-        except Exception:  # noqa: S110 - a server that pins it keeps its own value
+            now = spark.conf.get(key, None)
+            wanted = value if now is None else keep(int(now), value)
+            if str(wanted) != now:
+                spark.conf.set(key, str(wanted))
+        except Exception:  # noqa: S110 - a value it cannot read, or a server that pins it
             pass
 
 
