@@ -50,7 +50,7 @@ def test_a_long_run_outlives_its_tokens_and_waits_out_an_outage_with_either_call
     client = OAuthClient("vision-batch-sp", secrets.token_urlsafe(24), token_lifetime_s=60)
     endpoint = LocalEndpoint(EndpointOptions(
         token=None, oauth=client, endpoint_name=ENDPOINT, latency_ms=500)).start()
-    count = 360  # per run: about 90 s of asking at 2 in flight and 0.5 s an answer
+    count = 240  # per run: about 30 s of asking at 4 in flight and 0.5 s an answer
     runs = {}
     try:
         for caller in CALLERS:
@@ -58,12 +58,12 @@ def test_a_long_run_outlives_its_tokens_and_waits_out_an_outage_with_either_call
                                         lambda i, c=caller: (30 + i % 50,
                                                              20 + i // 50 + 10 * len(c)))
             runs[caller] = launch(folder, tmp_path / caller / "captions", endpoint.url, client,
-                                  caller, "--max-concurrency", "2", "--max-files-per-batch",
+                                  caller, "--max-concurrency", "4", "--max-files-per-batch",
                                   "40")
         # The outage: once both runs are well under way (and their first tokens have been
         # renewed), the endpoint fails every chat request for 90 s.
         deadline = time.monotonic() + 240
-        while endpoint.stats()["answered_ok"] < count and time.monotonic() < deadline:
+        while endpoint.stats()["answered_ok"] < 0.8 * count and time.monotonic() < deadline:
             assert all(run.poll() is None for run in runs.values())
             time.sleep(0.2)
         endpoint.start_outage(90)
@@ -96,7 +96,8 @@ def test_a_long_run_outlives_its_tokens_and_waits_out_an_outage_with_either_call
     # expires), and no request was turned away for an expired one more than the SDK's
     # renewals allow; every file was answered once.
     assert stats["tokens_issued"] >= 2 * 4
-    assert stats["answered_ok"] == 2 * count
+    # Each run's last probe, the one the endpoint answered, is paid too (a tiny request).
+    assert stats["answered_ok"] == 2 * count + 2
     # What the outage cost the endpoint: the requests in flight when it began, those that
     # met it before each client stopped sending (breaker.OPEN_AFTER), then a few probes
     # (at most one every 15 s): a few dozen, against 1,928 before.
