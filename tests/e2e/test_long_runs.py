@@ -79,6 +79,8 @@ def test_a_long_run_outlives_its_tokens_and_waits_out_an_outage_with_either_call
 
     for caller, (out, err) in said.items():
         print(f"--caller {caller}:\n{out}{err[-3000:]}")  # the whole story, should one fail
+    print({k: v for k, v in stats.items() if k.startswith(("tokens", "unauthorized", "outage",
+                                                           "answered"))})
     for caller, (out, err) in said.items():
         assert runs[caller].returncode == 0, (caller, err)
         assert f"{count} ok, 0 invalid, 0 failed" in out, (caller, out)

@@ -36,10 +36,16 @@ def launch(folder: Path, table: Path, url: str, token: str, *extra: str,
     )
 
 
-def test_a_run_killed_mid_way_resumes_without_losing_or_duplicating(
-    spark, serve, tmp_path
-) -> None:
-    killed_and_resumed(spark, serve, tmp_path)
+def hostile(folder: Path) -> dict[str, tuple[str, str]]:
+    """Files that are no image a model can take, beside the photos, and the row each gets."""
+    (folder / "truncated download.jpg").write_bytes(files.truncated_jpeg())
+    (folder / "notes.jpg").write_bytes(b"meeting notes, not a picture")
+    (folder / "vector.svg").write_bytes(files.svg())
+    (folder / "empty.jpg").write_bytes(b"")
+    return {"truncated download.jpg": ("invalid", "corrupt_image"),
+            "notes.jpg": ("invalid", "not_an_image"),
+            "vector.svg": ("invalid", "unsupported_format"),
+            "empty.jpg": ("invalid", "empty_file")}
 
 
 def killed_and_resumed(spark, serve, tmp_path, session: dict[str, str] | None = None) -> None:
@@ -47,14 +53,7 @@ def killed_and_resumed(spark, serve, tmp_path, session: dict[str, str] | None = 
     answers paid twice than the batches in flight allow."""
     count, batch, budget = 36, 6, 3
     files.write_photos(tmp_path / "in", count, "photo {:02}.jpg", lambda i: (30 + i, 20 + i))
-    broken = {"truncated download.jpg": ("invalid", "corrupt_image"),
-              "notes.jpg": ("invalid", "not_an_image"),
-              "vector.svg": ("invalid", "unsupported_format"),
-              "empty.jpg": ("invalid", "empty_file")}
-    (tmp_path / "in" / "truncated download.jpg").write_bytes(files.truncated_jpeg())
-    (tmp_path / "in" / "notes.jpg").write_bytes(b"meeting notes, not a picture")
-    (tmp_path / "in" / "vector.svg").write_bytes(files.svg())
-    (tmp_path / "in" / "empty.jpg").write_bytes(b"")
+    broken = hostile(tmp_path / "in")
     table = tmp_path / "out" / "captions"
     endpoint, creds = serve(endpoint_name=ENDPOINT, latency_ms=150, max_concurrency=budget)
     token = creds.headers.reveal().split("Bearer ", 1)[1]
@@ -110,6 +109,7 @@ def test_a_kill_9_costs_seconds_of_answers_not_batches(spark, serve, tmp_path) -
     count, batch, budget = 600, 300, 4
     files.write_photos(tmp_path / "in", count, "photo {:03}.jpg",
                        lambda i: (30 + i % 50, 20 + i // 50))  # distinct bytes: no reuse
+    broken = hostile(tmp_path / "in")
     table = tmp_path / "out" / "captions"
     # About 13 answers a second: the journal's second (and its append, slower on a loaded
     # machine) is what a kill loses, with the 4 in flight.
@@ -138,15 +138,22 @@ def test_a_kill_9_costs_seconds_of_answers_not_batches(spark, serve, tmp_path) -
             os.killpg(second.pid, signal.SIGKILL)
     assert second.returncode == 0, err
     rows = spark.read.format("delta").load(str(table))
-    assert rows.count() == count == rows.select("path").distinct().count()
-    assert {r.status for r in rows.select("status").distinct().collect()} == {"ok"}
+    total = count + len(broken)
+    assert rows.count() == total == rows.select("path").distinct().count()
+    outcome = {r.path.rsplit("/", 1)[-1]: (r.status, r.error_class) for r in rows.collect()}
+    assert {n: outcome[n] for n in broken} == broken
+    assert sum(status == "ok" for status, _ in outcome.values()) == count
     answered = endpoint.stats()["answered_ok"]
     print(f"kill -9 after {killed_after} answers, batches of {batch}: {answered} answered "
           f"for {count} files, {answered - count} paid twice")
     assert answered - count <= 0.1 * count
-    [resumed] = [r for r in spark.read.format("delta").load(f"{table}_runs").collect()
-                 if r.status == "succeeded"]
+    runs = {r.status: r for r in spark.read.format("delta").load(f"{table}_runs").collect()}
+    assert set(runs) == {"running", "succeeded"}  # the killed run never finished
+    assert runs["running"].ended_at is None
+    resumed = runs["succeeded"]
     assert resumed.requests == answered - killed_after  # it counts what it paid, no more
+    assert resumed.skipped >= count - resumed.requests  # what was journaled was not redone
+    assert endpoint.stats()["rejected_400"] == 0
 
 
 def test_two_overlapping_runs_share_the_work_and_each_counts_its_own(
