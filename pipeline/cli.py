@@ -269,6 +269,13 @@ def interrupted(exc: Interrupted) -> str:
             f"({progress.counts(r.statuses)}) in {r.table}; a rerun resumes from there")
 
 
+def cut_off_line(count: int, max_tokens: int | None) -> str:
+    """The summary's line on answers cut off at max_tokens: how many, and what to raise."""
+    limit = f" {max_tokens}" if max_tokens is not None else ""
+    return (f"  cut off {count} answer(s) reached --max-tokens{limit}: raise it and run again "
+            "to ask them again")
+
+
 def summary(r: RunResult) -> str:
     lines = [
         f"run {r.run_id}: {r.status} in {r.seconds:.1f} s "
@@ -295,6 +302,8 @@ def summary(r: RunResult) -> str:
     held = held_back(dict(r.waited))
     if held:
         lines.insert(-1, f"  limits  requests {held}")
+    if r.cut_off:
+        lines.insert(-1, cut_off_line(r.cut_off, r.max_tokens))
     for line in r.waited_out:
         lines.insert(-1, line)
     return "\n".join(lines)

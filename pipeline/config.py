@@ -19,6 +19,7 @@ import yaml
 
 from pipeline.endpoint.groups import GROUP_BY_FOLDER
 from pipeline.endpoint.payloads import PromptSpec
+from pipeline.endpoint.schemas import schema_problem
 from pipeline.errors import UsageError
 
 DEFAULT_PROMPT = (
@@ -198,6 +199,15 @@ class RunConfig:
                 raise ConfigError(
                     f"response_schema: {self.response_schema} is not JSON: {exc}"
                 ) from None
+            # Every structured answer is validated against it (pipeline/endpoint/schemas.py):
+            # a schema the validator cannot compile would fail every row, so it stops here.
+            if not isinstance(schema, dict):
+                raise ConfigError(f"response_schema: {self.response_schema} must hold a JSON "
+                                  "Schema object")
+            problem = schema_problem(schema)
+            if problem is not None:
+                raise ConfigError(f"response_schema: {self.response_schema} is not a valid "
+                                  f"JSON Schema: {problem}")
         if self.group_by is not None:  # grouped answers are another question, another id
             return PromptSpec(self.group_prompt, self.max_tokens, self.temperature, schema,
                               self.caption_field, group_by=self.group_by)

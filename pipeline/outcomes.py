@@ -58,6 +58,12 @@ class ErrorClass(_Word):
     SERVER_ERROR = "server_error"
     CONNECTION_ERROR = "connection_error"
     BAD_RESPONSE = "bad_response"  # an answer we could not read
+    # An answer that says it is unusable: finish_reason "length" (max_tokens reached) or
+    # "content_filter" (the model or its guard refused). Not retried: the same request gets
+    # the same cut, and a refusal is the model's answer; a rerun asks again.
+    CUT_OFF = "cut_off"
+    REFUSED = "refused"
+    SCHEMA_MISMATCH = "schema_mismatch"  # a structured answer that breaks --response-schema
     REJECTED = "rejected"  # the endpoint said 4xx, or the request could never fit a limit
     AUTH = "auth"
 
@@ -65,6 +71,7 @@ class ErrorClass(_Word):
 INVALID_CLASSES = frozenset(ErrorClass) - {
     ErrorClass.RATE_LIMITED, ErrorClass.TIMEOUT, ErrorClass.SERVER_ERROR,
     ErrorClass.CONNECTION_ERROR, ErrorClass.BAD_RESPONSE, ErrorClass.REJECTED, ErrorClass.AUTH,
+    ErrorClass.CUT_OFF, ErrorClass.REFUSED, ErrorClass.SCHEMA_MISMATCH,
 }
 FAILED_CLASSES = frozenset(ErrorClass) - INVALID_CLASSES
 

@@ -114,6 +114,10 @@ USING (
       WHEN status = 'invalid' THEN error_class
       WHEN status = 'ok' THEN NULL
       WHEN failure IS NULL THEN 'bad_response'
+      -- vision-batch's own messages (the local ai_query); the SQL path sees no finish_reason
+      WHEN failure RLIKE '(?i)cut off at max_tokens' THEN 'cut_off'
+      WHEN failure RLIKE '(?i)refused to answer|content_filter' THEN 'refused'
+      WHEN failure RLIKE '(?i)breaks the response schema' THEN 'schema_mismatch'
       WHEN failure RLIKE '(?i)\\b429\\b|REQUEST_LIMIT_EXCEEDED|rate limit' THEN 'rate_limited'
       WHEN failure RLIKE '(?i)\\b(401|403)\\b|unauthori[sz]ed|permission' THEN 'auth'
       WHEN failure RLIKE '(?i)\\b408\\b|timed out|timeout|no answer within' THEN 'timeout'
@@ -159,7 +163,9 @@ USING (
     CASE WHEN status <> 'invalid' AND path <> answer_path THEN answer_path END AS reused_from,
     CAST(CASE WHEN status <> 'invalid' AND path = answer_path THEN 1 ELSE 0 END AS DOUBLE)
       AS request_share,
-    CAST(NULL AS STRING) AS group_key
+    CAST(NULL AS STRING) AS group_key,
+    -- ai_query returns the answer's text only, not how it ended.
+    CAST(NULL AS STRING) AS finish_reason
   FROM outcomes
 ) AS s
 ON t.path = s.path AND t.endpoint = s.endpoint AND t.prompt_id = s.prompt_id

@@ -158,6 +158,10 @@ USING (
       CASE
         WHEN status = 'ok' THEN NULL
         WHEN failure IS NULL THEN 'bad_response'
+        -- vision-batch's own messages (the local ai_query); the SQL path sees no finish_reason
+        WHEN failure RLIKE '(?i)cut off at max_tokens' THEN 'cut_off'
+        WHEN failure RLIKE '(?i)refused to answer|content_filter' THEN 'refused'
+        WHEN failure RLIKE '(?i)breaks the response schema' THEN 'schema_mismatch'
         WHEN failure RLIKE '(?i)\\b429\\b|REQUEST_LIMIT_EXCEEDED|rate limit' THEN 'rate_limited'
         WHEN failure RLIKE '(?i)\\b(401|403)\\b|unauthori[sz]ed|permission' THEN 'auth'
         WHEN failure RLIKE '(?i)\\b408\\b|timed out|timeout|no answer within' THEN 'timeout'

@@ -77,7 +77,8 @@ CREATE TABLE IF NOT EXISTS IDENTIFIER(:table) (
   processed_at TIMESTAMP,
   reused_from STRING COMMENT 'path whose answer (same bytes) this row took without a request',
   request_share DOUBLE COMMENT 'requests this row accounts for: each counts 1, shared equally by the images sent in it',
-  group_key STRING COMMENT 'the group this file belongs to (--group-by); its answer is in <table>_groups'
+  group_key STRING COMMENT 'the group this file belongs to (--group-by); its answer is in <table>_groups',
+  finish_reason STRING COMMENT 'how the answer ended (stop, length, content_filter...); NULL when none came or the endpoint did not say'
 ) USING DELTA
 TBLPROPERTIES (
   'delta.enableDeletionVectors' = 'false',
@@ -120,6 +121,7 @@ CREATE TABLE IF NOT EXISTS IDENTIFIER(:runs_table) (
   waited_qph_s DOUBLE COMMENT 'seconds requests were held back to stay under max_qph',
   outage_s DOUBLE COMMENT 'seconds the endpoint failed every request and the run waited it out',
   put_off BIGINT COMMENT 'files whose requests were put off (refused credentials, an outage) and asked again',
+  cut_off BIGINT COMMENT 'answers cut off at max_tokens (failed rows with error_class cut_off)',
   error_message STRING COMMENT 'why the run failed, one line',
   config_json STRING COMMENT 'effective configuration, without secrets'
 ) USING DELTA
@@ -245,6 +247,10 @@ USING (
       WHEN status = 'invalid' THEN error_class
       WHEN status = 'ok' THEN NULL
       WHEN failure IS NULL THEN 'bad_response'
+      -- vision-batch's own messages (the local ai_query); the SQL path sees no finish_reason
+      WHEN failure RLIKE '(?i)cut off at max_tokens' THEN 'cut_off'
+      WHEN failure RLIKE '(?i)refused to answer|content_filter' THEN 'refused'
+      WHEN failure RLIKE '(?i)breaks the response schema' THEN 'schema_mismatch'
       WHEN failure RLIKE '(?i)\\b429\\b|REQUEST_LIMIT_EXCEEDED|rate limit' THEN 'rate_limited'
       WHEN failure RLIKE '(?i)\\b(401|403)\\b|unauthori[sz]ed|permission' THEN 'auth'
       WHEN failure RLIKE '(?i)\\b408\\b|timed out|timeout|no answer within' THEN 'timeout'
@@ -290,7 +296,9 @@ USING (
     CASE WHEN status <> 'invalid' AND path <> answer_path THEN answer_path END AS reused_from,
     CAST(CASE WHEN status <> 'invalid' AND path = answer_path THEN 1 ELSE 0 END AS DOUBLE)
       AS request_share,
-    CAST(NULL AS STRING) AS group_key
+    CAST(NULL AS STRING) AS group_key,
+    -- ai_query returns the answer's text only, not how it ended.
+    CAST(NULL AS STRING) AS finish_reason
   FROM outcomes
 ) AS s
 ON t.path = s.path AND t.endpoint = s.endpoint AND t.prompt_id = s.prompt_id

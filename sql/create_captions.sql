@@ -34,7 +34,8 @@ CREATE TABLE IF NOT EXISTS IDENTIFIER(:table) (
   processed_at TIMESTAMP,
   reused_from STRING COMMENT 'path whose answer (same bytes) this row took without a request',
   request_share DOUBLE COMMENT 'requests this row accounts for: each counts 1, shared equally by the images sent in it',
-  group_key STRING COMMENT 'the group this file belongs to (--group-by); its answer is in <table>_groups'
+  group_key STRING COMMENT 'the group this file belongs to (--group-by); its answer is in <table>_groups',
+  finish_reason STRING COMMENT 'how the answer ended (stop, length, content_filter...); NULL when none came or the endpoint did not say'
 ) USING DELTA
 TBLPROPERTIES (
   'delta.enableDeletionVectors' = 'false',

@@ -29,6 +29,7 @@ CREATE TABLE IF NOT EXISTS IDENTIFIER(:runs_table) (
   waited_qph_s DOUBLE COMMENT 'seconds requests were held back to stay under max_qph',
   outage_s DOUBLE COMMENT 'seconds the endpoint failed every request and the run waited it out',
   put_off BIGINT COMMENT 'files whose requests were put off (refused credentials, an outage) and asked again',
+  cut_off BIGINT COMMENT 'answers cut off at max_tokens (failed rows with error_class cut_off)',
   error_message STRING COMMENT 'why the run failed, one line',
   config_json STRING COMMENT 'effective configuration, without secrets'
 ) USING DELTA

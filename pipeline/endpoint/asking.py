@@ -27,9 +27,10 @@ from pipeline.endpoint.packing import (
     split,
 )
 from pipeline.endpoint.payloads import (
+    Answer,
     PromptSpec,
     Usage,
-    caption_parser,
+    answer_parser,
     chat_body,
     encode,
     text_tokens,
@@ -40,7 +41,7 @@ from pipeline.outcomes import DEFERRED, ErrorClass, Status
 # HELD for the run's totals).
 CAPTIONED = ("status", "caption", "response_json", "prompt_tokens", "completion_tokens",
              "total_tokens", "usage_source", "attempts", "latency_ms", "error_class",
-             "error_message", "throttled", "request_share", *HELD)
+             "error_message", "finish_reason", "throttled", "request_share", *HELD)
 # One request of a group: which images it carried, then its answer.
 GROUP_PART = ("group_key", "part", "paths", "tokens", *CAPTIONED)
 
@@ -151,7 +152,8 @@ def failed_row(result: CallResult, images: int = 1) -> dict:
         "prompt_tokens": None, "completion_tokens": None, "total_tokens": None,
         "usage_source": None, "attempts": result.attempts, "latency_ms": result.latency_ms,
         "error_class": result.error_class, "error_message": result.error_message,
-        "throttled": result.throttled, "request_share": result.attempts / images,
+        "finish_reason": None, "throttled": result.throttled,
+        "request_share": result.attempts / images,
     }
 
 
@@ -163,6 +165,24 @@ def estimated(spec: PromptSpec, image_tokens: int, answers: Iterable[Any]) -> Us
     return Usage(prompt, completion, prompt + completion)
 
 
+def unusable(answer: Answer, spec: PromptSpec) -> tuple[ErrorClass, str] | None:
+    """Why an answer that arrived is no caption, by its finish reason; None when it is one.
+    Cut off at max_tokens: a failed row, never a complete-looking caption, and not asked again
+    in this run (the same max_tokens would cut it the same way); a rerun asks failed rows
+    again, with a higher --max-tokens if the user raised it."""
+    if answer.cut_off:
+        return ErrorClass.CUT_OFF, (
+            f"The answer was cut off at max_tokens ({spec.max_tokens}): raise --max-tokens "
+            "and run again to ask it again.")
+    if answer.refused:
+        said = " ".join(answer.caption.split())
+        said = said if len(said) <= 200 else said[:197] + "..."
+        return ErrorClass.REFUSED, (
+            f"The model refused to answer (finish_reason {answer.finish_reason!r})"
+            + (f": {said}" if said else "."))
+    return None
+
+
 def caption_row(result: CallResult, spec: PromptSpec, image_tokens: int) -> dict:
     if not result.ok:
         return failed_row(result)
@@ -170,7 +190,7 @@ def caption_row(result: CallResult, spec: PromptSpec, image_tokens: int) -> dict
     usage, source = answer.usage, "endpoint"
     if not usage.reported:
         usage, source = estimated(spec, image_tokens, [answer]), "estimated"
-    return {
+    row = {
         **held(result),
         "status": Status.OK, "caption": answer.caption, "response_json": answer.response_json,
         "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
@@ -178,9 +198,14 @@ def caption_row(result: CallResult, spec: PromptSpec, image_tokens: int) -> dict
         if usage.total_tokens is not None
         else usage.prompt_tokens + usage.completion_tokens,
         "usage_source": source, "attempts": result.attempts, "latency_ms": result.latency_ms,
-        "error_class": None, "error_message": None, "throttled": result.throttled,
-        "request_share": float(result.attempts),
+        "error_class": None, "error_message": None, "finish_reason": answer.finish_reason,
+        "throttled": result.throttled, "request_share": float(result.attempts),
     }
+    why = unusable(answer, spec)
+    if why is not None:  # paid for (its tokens stay on the row), but no caption
+        row.update(status=Status.FAILED, caption=None, response_json=None,
+                   error_class=why[0], error_message=why[1])
+    return row
 
 
 async def ask(
@@ -195,11 +220,9 @@ async def ask(
     index. A packed answer that does not map one-to-one is asked again image by image; what
     the packed request cost is shared over its images either way."""
     spec = plan.spec
-    structured = spec.response_schema is not None
     if len(images) == 1 or alone:
         body = encode(chat_body(spec, images, plan.model))
-        result = await client.call(body, caption_parser(spec.caption_field, structured),
-                                   cost(spec, sum(tokens)))
+        result = await client.call(body, answer_parser(spec), cost(spec, sum(tokens)))
         return [caption_row(result, spec, sum(tokens))]
     count = len(images)
     packed_as = packed_spec(spec, count)

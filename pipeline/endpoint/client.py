@@ -24,7 +24,14 @@ import httpx
 from pipeline.endpoint.auth import Credentials, CredentialSource
 from pipeline.endpoint.breaker import OPEN_AFTER, OUTAGE, Breaker
 from pipeline.endpoint.pacing import Cost, Pacer, Ticket, TokenLimits, oversized
-from pipeline.endpoint.payloads import BadResponse, PromptSpec, chat_body, encode, error_message
+from pipeline.endpoint.payloads import (
+    BadResponse,
+    PromptSpec,
+    SchemaMismatch,
+    chat_body,
+    encode,
+    error_message,
+)
 from pipeline.errors import RunError
 from pipeline.outcomes import ErrorClass
 
@@ -38,8 +45,11 @@ AUTH_RENEWALS = 2
 # How often a retry's backoff looks whether the breaker has opened meanwhile.
 NAP_S = 0.5
 
+# A structured answer that breaks the schema is asked again: models that do not enforce
+# schemas break them now and then, not every time. A cut-off or refused answer is an answer
+# (the call succeeds) and is never asked again here: the same request would end the same way.
 RETRIABLE = {ErrorClass.RATE_LIMITED, ErrorClass.TIMEOUT, ErrorClass.SERVER_ERROR,
-             ErrorClass.CONNECTION_ERROR, ErrorClass.BAD_RESPONSE}
+             ErrorClass.CONNECTION_ERROR, ErrorClass.BAD_RESPONSE, ErrorClass.SCHEMA_MISMATCH}
 
 
 @dataclass(frozen=True)
@@ -322,6 +332,8 @@ class CaptionClient:
         if response.status_code == 200:
             try:
                 return _Attempt(None, None, parse(response.content))
+            except SchemaMismatch as exc:  # the model answered, off the schema
+                return _Attempt(ErrorClass.SCHEMA_MISMATCH, str(exc))
             except BadResponse as exc:
                 return _Attempt(ErrorClass.BAD_RESPONSE, str(exc))
         error_class = classify_status(response.status_code)
@@ -347,7 +359,7 @@ def spent(attempt: _Attempt, cost: Cost) -> Cost | None:
                     cost.output_tokens if usage.completion_tokens is None
                     else usage.completion_tokens)
     generated = attempt.error_class in (ErrorClass.TIMEOUT, ErrorClass.CONNECTION_ERROR,
-                                        ErrorClass.BAD_RESPONSE)
+                                        ErrorClass.BAD_RESPONSE, ErrorClass.SCHEMA_MISMATCH)
     return Cost(cost.input_tokens, cost.output_tokens if generated else 0)
 
 

@@ -67,6 +67,7 @@ def member_results(part: dict[str, Any]) -> list[dict[str, Any]]:
             "latency_ms": part["latency_ms"],
             "error_class": part["error_class"],
             "error_message": part["error_message"],
+            "finish_reason": part.get("finish_reason"),  # the request's, shared by its images
             "throttled": part["throttled"],
             "request_share": part["attempts"] / count,
             **{k: (part.get(k) or 0.0) / count for k in HELD},

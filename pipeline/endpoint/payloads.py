@@ -14,9 +14,23 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.endpoint.schemas import answer_problem
+
 
 class BadResponse(ValueError):
     """The endpoint answered 2xx with a body we cannot use (not JSON, no text, bad schema)."""
+
+
+class SchemaMismatch(BadResponse):
+    """A structured answer that is JSON but breaks the run's response schema: asked again
+    as any unusable answer is, and its own error class when it keeps breaking it."""
+
+
+# The finish reasons that make an answer unusable, however it reads: the text stopped at
+# max_tokens (every chat-completions server says "length"), or the model or its guard
+# refused. The row fails with the class named here (pipeline/endpoint/asking.py).
+CUT_OFF = "length"
+REFUSED = ("content_filter",)
 
 
 @dataclass(frozen=True)
@@ -66,6 +80,16 @@ class Answer:
     caption: str
     response_json: str | None
     usage: Usage
+    # choices[0].finish_reason as the endpoint said it ("stop", "length", ...); None if not.
+    finish_reason: str | None = None
+
+    @property
+    def cut_off(self) -> bool:
+        return self.finish_reason == CUT_OFF
+
+    @property
+    def refused(self) -> bool:
+        return self.finish_reason in REFUSED
 
 
 def text_tokens(text: str) -> int:
@@ -119,18 +143,30 @@ def image_byte_budget(
     return max(0, min(max_image_bytes, room // 4 * 3))
 
 
-def parse_answer(raw: bytes, caption_field: str, structured: bool) -> Answer:
-    """Caption, structured JSON and usage from a chat-completions response body."""
+def parse_answer(raw: bytes, caption_field: str, structured: bool,
+                 schema: dict[str, Any] | None = None) -> Answer:
+    """Caption, structured JSON, finish reason and usage from a chat-completions response
+    body; a structured answer is checked against `schema` when one is given.
+
+    An answer cut off or refused (`finish_reason`) is returned as it is, unread: its text is
+    no answer (a cut-off JSON is not even JSON), and the row it makes fails with its own
+    class, its usage kept, rather than being asked again as an unreadable one would be."""
     try:
         payload = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise BadResponse("The endpoint answered with a body that is not JSON.") from None
     try:
-        text = payload["choices"][0]["message"]["content"]
+        choice = payload["choices"][0]
+        text = choice["message"]["content"]
     except (KeyError, IndexError, TypeError):
         raise BadResponse("The endpoint's answer has no choices[0].message.content.") from None
     if isinstance(text, list):  # some servers return content parts
         text = "".join(p.get("text", "") for p in text if isinstance(p, dict))
+    finish = choice.get("finish_reason") if isinstance(choice, dict) else None
+    finish = finish if isinstance(finish, str) else None
+    usage = _usage(payload)
+    if finish == CUT_OFF or finish in REFUSED:
+        return Answer(text.strip() if isinstance(text, str) else "", None, usage, finish)
     if not isinstance(text, str) or not text.strip():
         raise BadResponse("The endpoint's answer is empty.")
     response_json = None
@@ -140,26 +176,37 @@ def parse_answer(raw: bytes, caption_field: str, structured: bool) -> Answer:
             parsed = json.loads(text)
         except ValueError:
             raise BadResponse("The structured answer is not valid JSON.") from None
+        if schema is not None and (problem := answer_problem(parsed, schema)):
+            raise SchemaMismatch(f"The answer breaks the response schema at {problem}")
         if not isinstance(parsed, dict) or not isinstance(parsed.get(caption_field), str):
             raise BadResponse(f"The structured answer has no string field {caption_field!r}.")
         response_json = json.dumps(parsed, ensure_ascii=False, sort_keys=True)
         caption = parsed[caption_field]
+    return Answer(caption=caption, response_json=response_json, usage=usage,
+                  finish_reason=finish)
+
+
+def _usage(payload: Any) -> Usage:
     usage = payload.get("usage") if isinstance(payload, dict) else None
     usage = usage if isinstance(usage, dict) else {}
-    return Answer(
-        caption=caption,
-        response_json=response_json,
-        usage=Usage(
-            _int_or_none(usage.get("prompt_tokens")),
-            _int_or_none(usage.get("completion_tokens")),
-            _int_or_none(usage.get("total_tokens")),
-        ),
+    return Usage(
+        _int_or_none(usage.get("prompt_tokens")),
+        _int_or_none(usage.get("completion_tokens")),
+        _int_or_none(usage.get("total_tokens")),
     )
 
 
 def caption_parser(caption_field: str, structured: bool):
     """A parser of one-image answers for `CaptionClient.call`."""
     return functools.partial(parse_answer, caption_field=caption_field, structured=structured)
+
+
+def answer_parser(spec: PromptSpec):
+    """The parser of answers to `spec`'s own question (one image, or a group): a structured
+    answer must also fit the run's response schema."""
+    return functools.partial(parse_answer, caption_field=spec.caption_field,
+                             structured=spec.response_schema is not None,
+                             schema=spec.response_schema)
 
 
 def error_message(raw: bytes) -> str | None:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from pipeline.endpoint.pacing import NAMES, UNITS
 from pipeline.images.limits import load_catalog
+from pipeline.local.bad_answers import SCHEMA_BREAKS, BadAnswers
 from pipeline.local.faults import FAULT_KINDS, PACKED_ANSWERS, Faults
 from pipeline.local.oauth import TOKEN, OAuthClient
 from pipeline.local.outage import OUTAGE_KINDS, Outage
@@ -57,8 +58,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             help=f"share of requests answered with fault {kind} (0-1)",
         )
     parser.add_argument("--hang-s", type=float, default=600.0, help="how long a hang lasts")
+    parser.add_argument(
+        "--rate-cut-off", type=float, default=0.0,
+        help="share of answers cut off mid-sentence with finish_reason length (0-1)",
+    )
+    parser.add_argument(
+        "--rate-refusal", type=float, default=0.0,
+        help="share of answers refused with finish_reason content_filter (0-1)",
+    )
+    parser.add_argument(
+        "--rate-schema-break", type=float, default=0.0,
+        help="share of structured answers that break the request's schema (0-1); asked "
+        "again, the same request may get a good answer",
+    )
+    parser.add_argument(
+        "--schema-breaks", default=",".join(SCHEMA_BREAKS),
+        help="how a structured answer breaks its schema, chosen among these (default: "
+        f"{','.join(SCHEMA_BREAKS)})",
+    )
     parser.add_argument("--retry-after", default=None, help="Retry-After value on every 429")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the fault sequence")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the fault sequence and of the bad answers")
     parser.add_argument(
         "--token-lifetime-seconds", type=int, default=None,
         help="lifetime of the OAuth access tokens (default 3600); OAuth is served when "
@@ -102,6 +122,13 @@ def options_from_args(
         max_qph=args.max_qph,
         packed_answers=args.packed_answers,
         faults=faults,
+        bad_answers=BadAnswers(
+            rate_cut_off=args.rate_cut_off,
+            rate_refusal=args.rate_refusal,
+            rate_schema_break=args.rate_schema_break,
+            schema_breaks=tuple(w.strip() for w in args.schema_breaks.split(",") if w.strip()),
+            seed=args.seed,
+        ),
         oauth=_oauth(args, client),
         outage=_outage(args),
     )

@@ -79,6 +79,9 @@ class Reply:
     action: str = "send"  # send | drop (half the body, then close) | hang (close, no answer)
     fault: str | None = None
     image_digests: tuple[str, ...] = ()  # set on 200 JSON answers only
+    # An answer that is no caption (pipeline.local.bad_answers): cut_off, refusal or
+    # schema_break; still a 200 answer, counted apart.
+    bad_answer: str | None = None
 
     @property
     def answered_ok(self) -> bool:
@@ -173,11 +176,14 @@ def input_tokens(request: ChatRequest, family: ModelFamily) -> int:
 
 
 def completion(
-    model: str, content: str, request: ChatRequest, family: ModelFamily
+    model: str, content: str, request: ChatRequest, family: ModelFamily,
+    finish_reason: str = "stop", completion_tokens: int | None = None,
 ) -> dict[str, Any]:
-    """The chat.completion body, with usage counted the way the pipeline's estimates are."""
+    """The chat.completion body, with usage counted the way the pipeline's estimates are
+    (unless `completion_tokens` says otherwise: a cut-off answer spent all it was allowed)."""
     prompt_tokens = input_tokens(request, family)
-    completion_tokens = text_tokens(content)
+    if completion_tokens is None:
+        completion_tokens = text_tokens(content)
     if request.max_tokens is not None:
         completion_tokens = min(completion_tokens, request.max_tokens)
     return {
@@ -189,7 +195,7 @@ def completion(
             {
                 "index": 0,
                 "message": {"role": "assistant", "content": content},
-                "finish_reason": "stop",
+                "finish_reason": finish_reason,
             }
         ],
         "usage": {

@@ -24,7 +24,8 @@ from typing import Any
 
 from pipeline.endpoint.pacing import NAMES
 from pipeline.images.limits import ModelFamily, load_catalog
-from pipeline.local import describer
+from pipeline.local import bad_answers, describer
+from pipeline.local.bad_answers import BadAnswers
 from pipeline.local.faults import (
     PACKED_ANSWERS,
     PROXY_PAGE,
@@ -39,6 +40,7 @@ from pipeline.local.oauth import OAuthClient, TokenIssuer
 from pipeline.local.outage import Outage, OutageWindow
 from pipeline.local.protocol import (
     BadRequest,
+    ChatRequest,
     Reply,
     completion,
     error_reply,
@@ -72,6 +74,9 @@ class EndpointOptions:
     # measured, or misbehaving the way models do, so the pipeline's matching can be tested.
     packed_answers: str = "ordered"
     faults: Faults = field(default_factory=Faults)
+    # Answers that are no captions though the request succeeded: cut off, refused, breaking
+    # the request's schema (pipeline.local.bad_answers).
+    bad_answers: BadAnswers = field(default_factory=BadAnswers)
     # OAuth M2M: the service principal whose minted access tokens are accepted as well.
     oauth: OAuthClient | None = None
     outage: Outage | None = None  # a planned outage (see pipeline.local.outage)
@@ -318,7 +323,8 @@ class LocalEndpoint:
             if limit is not None:
                 self._counters.add(f"over_{limit}")
             return reply
-        fault = self._fault_for(body)
+        sighting = self._sighting(body)
+        fault = pick_fault(self.options.faults, *sighting) if sighting else None
         faults = self.options.faults
         if fault == "429":
             return error_reply(
@@ -331,12 +337,12 @@ class LocalEndpoint:
         if fault == "hang":
             self._stopping.wait(faults.hang_s)
             return Reply(0, action="hang", fault=fault)
-        answer = b""
+        answer, bad = b"", None
         if fault not in SERVER_ERRORS and fault != "html":
             content = describer.describe(list(request.measured), request.response_schema,
                                          request.prompt_text)
             content = misanswer(content, self.options.packed_answers)
-            body_out = completion(name, content, request, family)
+            body_out, bad = self._answer(name, content, request, sighting)
             self._limits.count_output(body_out["usage"]["completion_tokens"])
             answer = json_bytes(body_out)
         remaining = self.options.latency_ms / 1000 - (time.monotonic() - started)
@@ -354,14 +360,40 @@ class LocalEndpoint:
             answer,
             headers=(("served-model-name", name),),
             image_digests=tuple(hashlib.sha256(data).hexdigest() for data in request.images),
+            bad_answer=bad,
         )
 
-    def _fault_for(self, body: bytes) -> str | None:
-        faults = self.options.faults
-        if not faults.active:
-            return None  # nothing to remember: no memory grows on a fault-free server
+    def _answer(self, name: str, content: str, request: ChatRequest,
+                sighting: tuple[str, int] | None) -> tuple[dict[str, Any], str | None]:
+        """The chat.completion body for the model's `content`, and which bad answer it was
+        made into, if any (pipeline.local.bad_answers)."""
+        bad = self.options.bad_answers
+        if sighting is None or not bad.active:
+            return completion(name, content, request, self.family), None
+        key, n = sighting
+        kind = bad_answers.pick_bad_answer(bad, key)
+        if kind == "cut_off":
+            return completion(name, bad_answers.cut_off(content, request.max_tokens), request,
+                              self.family, finish_reason="length",
+                              completion_tokens=bad_answers.cut_off_tokens(
+                                  content, request.max_tokens)), kind
+        if kind == "refusal":
+            return completion(name, bad_answers.refusal(key), request, self.family,
+                              finish_reason="content_filter"), kind
+        if request.response_schema is not None and bad_answers.pick_schema_break(bad, key, n):
+            broken = bad_answers.break_schema(content, request.response_schema, key, n,
+                                              bad.schema_breaks)
+            if broken is not None:
+                return completion(name, broken[0], request, self.family), "schema_break"
+        return completion(name, content, request, self.family), None
+
+    def _sighting(self, body: bytes) -> tuple[str, int] | None:
+        """(the body's digest, how often it was seen before): what faults and bad answers
+        are chosen by. None when neither is on: no memory grows on a well-behaved server."""
+        if not self.options.faults.active and not self.options.bad_answers.active:
+            return None
         key = hashlib.sha256(body).hexdigest()
         with self._lock:
             n = self._seen.get(key, 0)
             self._seen[key] = n + 1
-        return pick_fault(faults, key, n)
+        return key, n

@@ -13,6 +13,7 @@ import threading
 import time
 from typing import Any
 
+from pipeline.local.bad_answers import BAD_ANSWER_KINDS
 from pipeline.local.faults import FAULT_KINDS
 from pipeline.local.protocol import Reply
 
@@ -23,6 +24,8 @@ def fresh_stats() -> dict[str, Any]:
         "answered_ok": 0,
         "by_status": {},
         "faults": dict.fromkeys(FAULT_KINDS, 0),
+        # 200 answers that are no captions (pipeline.local.bad_answers), by kind
+        "bad_answers": dict.fromkeys(BAD_ANSWER_KINDS, 0),
         "rejected_400": 0,
         "over_rpm": 0,  # 429s from the per-minute cap
         # 429s from the token and query limits, by the limit that refused
@@ -117,6 +120,8 @@ class Counters:
             self._count_status(reply)
             if reply.fault:
                 s["faults"][reply.fault] += 1
+            if reply.bad_answer:
+                s["bad_answers"][reply.bad_answer] += 1
             if reply.status == 400:
                 s["rejected_400"] += 1
             if reply.answered_ok:

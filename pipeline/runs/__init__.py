@@ -78,7 +78,7 @@ def run(
         raise Interrupted(stop.signum or signal.SIGINT)
     stop.halting_with(None)  # until there is work to halt, a signal raises at once
     result = RunResult(ctx.run_id, sink.named(config.table).display, started=started,
-                       spark_seconds=spark_seconds)
+                       spark_seconds=spark_seconds, max_tokens=ctx.spec.max_tokens)
     result.timeline.append((0, "spark", before_spark - started, result.tick()))
     # The tables and the listing do not depend on each other, and each pays a first-use cost
     # in a fresh JVM (Delta's classes; the scan): side by side.
@@ -326,6 +326,7 @@ class Recorder:
             "lost_task_requests": r.lost_requests,
             "outage_s": round(r.outage_s, 1),
             "put_off": r.put_off,
+            "cut_off": r.cut_off,
             "error_message": error,
             "config_json": json.dumps(ctx.config.public(), sort_keys=True, default=str),
         }

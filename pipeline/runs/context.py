@@ -22,7 +22,7 @@ from pipeline.endpoint.packing import packed_spec
 from pipeline.endpoint.payloads import PromptSpec, image_byte_budget
 from pipeline.images.limits import Catalog, ModelFamily, load_catalog
 from pipeline.images.prepare import largest_image_tokens
-from pipeline.outcomes import RunStatus
+from pipeline.outcomes import ErrorClass, RunStatus
 from pipeline.percentiles import percentile_of_counts
 from pipeline.runs.recovery import Recovery
 from pipeline.tables import sink
@@ -145,6 +145,10 @@ class RunResult:
     skipped: int = 0
     statuses: Counter = field(default_factory=Counter)
     error_classes: Counter = field(default_factory=Counter)
+    # How the answers this run paid for ended (choices[0].finish_reason: stop, length, ...).
+    finish_reasons: Counter = field(default_factory=Counter)
+    # The run's max_tokens: what the summary tells users to raise when answers were cut off.
+    max_tokens: int | None = None
     requests: int = 0
     retries: int = 0
     prompt_tokens: int = 0
@@ -181,6 +185,11 @@ class RunResult:
         return round(self._lost)
 
     @property
+    def cut_off(self) -> int:
+        """Answers cut off at max_tokens (rows failed as cut_off)."""
+        return self.error_classes[ErrorClass.CUT_OFF]
+
+    @property
     def images_per_s(self) -> float:
         return self.written / self.seconds if self.seconds else 0.0
 
@@ -207,6 +216,8 @@ class RunResult:
             if attempts <= 0:
                 continue
             self._retried += (attempts if share is None else share) * (attempts - 1) / attempts
+            if row.get("finish_reason"):
+                self.finish_reasons[row["finish_reason"]] += 1
             self.prompt_tokens += row.get("prompt_tokens") or 0
             self.completion_tokens += row.get("completion_tokens") or 0
             self.total_tokens += row.get("total_tokens") or 0

@@ -15,7 +15,7 @@ FACTS = ("content_sha256", "format", "width", "height", "sent_width", "sent_heig
          "sent_bytes", "estimated_image_tokens")
 ANSWER = ("status", "caption", "response_json", "prompt_tokens", "completion_tokens",
           "total_tokens", "usage_source", "attempts", "latency_ms", "error_class",
-          "error_message", "request_share", *HELD,
+          "error_message", "finish_reason", "request_share", *HELD,
           "task_attempt")  # HELD and task_attempt: for the run's totals only
 
 

@@ -24,7 +24,8 @@ from pipeline.tables import sink
 
 # What a reused answer copies from the row that paid for it.
 STORED = ("status", "caption", "response_json", "prompt_tokens", "completion_tokens",
-          "total_tokens", "usage_source", "latency_ms", "error_class", "error_message")
+          "total_tokens", "usage_source", "latency_ms", "error_class", "error_message",
+          "finish_reason")
 
 
 class Reuse:

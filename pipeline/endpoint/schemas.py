@@ -1,0 +1,74 @@
+"""The run's `--response-schema`, checked with the `jsonschema` library: the schema itself
+before anything starts (`schema_problem`), and every structured answer against it
+(`answer_problem`). Pure functions; the compiled validators are cached by the schema's text.
+
+A schema names its draft with `$schema`; one that does not is read as Draft 2020-12, the
+draft the OpenAI-style `response_format` documentation points to.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import TYPE_CHECKING, Any
+
+# jsonschema is imported where it is used: every command (and every Spark worker) imports
+# this module through the configuration and the payloads, most never check a schema.
+if TYPE_CHECKING:
+    from jsonschema.protocols import Validator
+
+# A message is one line in a table cell: what the validator said, shortened past this.
+MAX_MESSAGE = 300
+
+
+def schema_problem(schema: Any) -> str | None:
+    """Why the validator cannot use `schema` (one line), or None when it can."""
+    from jsonschema import exceptions
+
+    try:
+        _validator_class(schema).check_schema(schema)
+    except exceptions.SchemaError as exc:
+        where = _path(exc.json_path)
+        return _shorten(f"{exc.message} (at {where} in the schema)")
+    return None
+
+
+def answer_problem(answer: Any, schema: dict[str, Any]) -> str | None:
+    """What is wrong with `answer` against `schema`, as the validator's most relevant error
+    says it (its JSON path and its message), or None when the answer fits."""
+    from jsonschema import exceptions
+
+    error = exceptions.best_match(_validator(_canonical(schema)).iter_errors(answer))
+    if error is None:
+        return None
+    return _shorten(f"{_path(error.json_path)}: {error.message}")
+
+
+def _validator_class(schema: Any) -> type[Validator]:
+    """The validator of the draft the schema names, Draft 2020-12 when it names none."""
+    from jsonschema import validators
+
+    default = validators.Draft202012Validator
+    if not isinstance(schema, dict):
+        return default
+    return validators.validator_for(schema, default=default)
+
+
+@functools.lru_cache(maxsize=16)
+def _validator(text: str) -> Validator:
+    """One compiled validator per schema: every answer of a run is checked against it."""
+    schema = json.loads(text)
+    return _validator_class(schema)(schema)
+
+
+def _canonical(schema: dict[str, Any]) -> str:
+    return json.dumps(schema, sort_keys=True, separators=(",", ":"))
+
+
+def _path(json_path: str) -> str:
+    return json_path or "$"
+
+
+def _shorten(message: str) -> str:
+    line = " ".join(message.split())  # one line, whatever the values held
+    return line if len(line) <= MAX_MESSAGE else line[: MAX_MESSAGE - 3].rstrip() + "..."
