@@ -11,8 +11,10 @@ CREATE TABLE IF NOT EXISTS IDENTIFIER(:journal_table) (
   row_json STRING NOT NULL COMMENT 'the row, as JSON, in the columns of that table',
   written_at TIMESTAMP
 ) USING DELTA
+-- Not auto-compacted, unlike the other tables: its files live a minute (a run drops what its
+-- MERGEs wrote every 60 s, and the rest as it ends), and compaction's check after each of
+-- its appends, one a second, cost more than a second of Spark work on 2 cores each time.
 TBLPROPERTIES ('delta.enableDeletionVectors' = 'false',
-               'delta.autoOptimize.autoCompact' = 'true',
                -- Hundreds of small commits an hour: keep a day of log, not thirty.
                'delta.logRetentionDuration' = 'interval 1 days',
                'vision_batch.schema_version' = '1')
