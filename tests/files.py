@@ -14,6 +14,19 @@ from pathlib import Path
 
 from PIL import Image
 
+# What a `--response-schema` file holds in the tests of structured answers: a caption, an
+# enum, an integer, all required, nothing else.
+ANSWER_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "caption": {"type": "string"},
+        "category": {"enum": ["product", "document", "scene", "other"]},
+        "count": {"type": "integer"},
+    },
+    "required": ["caption", "category", "count"],
+    "additionalProperties": False,
+}
+
 
 def gradient(width: int, height: int, mode: str = "RGB") -> Image.Image:
     """A smooth picture: cheap to encode at any size, yet not a flat colour."""

@@ -11,12 +11,12 @@ again). Pure functions, no sockets and no model.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
 
 from pipeline.endpoint.payloads import text_tokens
+from pipeline.local.faults import check_share, pick_share, uniform
 
 # Bad answers chosen per body, at most one of them (their shares sum to at most 1).
 PER_BODY = ("cut_off", "refusal")
@@ -42,10 +42,7 @@ class BadAnswers:
 
     def __post_init__(self) -> None:
         for kind in BAD_ANSWER_KINDS:
-            rate = self.rate(kind)
-            if not 0.0 <= rate <= 1.0:  # also false for NaN
-                flag = kind.replace("_", "-")
-                raise ValueError(f"--rate-{flag} must be between 0 and 1, not {rate}")
+            check_share(f"--rate-{kind.replace('_', '-')}", self.rate(kind))
         total = sum(self.rate(kind) for kind in PER_BODY)
         if total > 1.0 + 1e-9:
             raise ValueError(f"--rate-cut-off and --rate-refusal sum to {total:g}; they must "
@@ -63,25 +60,15 @@ class BadAnswers:
         return any(self.rate(kind) > 0 for kind in BAD_ANSWER_KINDS)
 
 
-def _uniform(*parts: object) -> float:
-    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
-
-
 def pick_bad_answer(bad: BadAnswers, key: str) -> str | None:
     """"cut_off", "refusal" or None for the body with digest `key`, whenever it is sent."""
-    u = _uniform(bad.seed, "answer", key)
-    edge = 0.0
-    for kind in PER_BODY:
-        edge += bad.rate(kind)
-        if u < edge:
-            return kind
-    return None
+    return pick_share(uniform(bad.seed, "answer", key),
+                      ((kind, bad.rate(kind)) for kind in PER_BODY))
 
 
 def pick_schema_break(bad: BadAnswers, key: str, n: int) -> bool:
     """Whether the `n`-th answer to the body with digest `key` breaks its schema."""
-    return _uniform(bad.seed, "schema", key, n) < bad.rate_schema_break
+    return uniform(bad.seed, "schema", key, n) < bad.rate_schema_break
 
 
 def cut_off(content: str, max_tokens: int | None) -> str:
@@ -99,7 +86,7 @@ def cut_off_tokens(content: str, max_tokens: int | None) -> int:
 
 
 def refusal(key: str) -> str:
-    return REFUSALS[int(_uniform("refusal", key) * len(REFUSALS))]
+    return REFUSALS[int(uniform("refusal", key) * len(REFUSALS))]
 
 
 def break_schema(content: str, schema: dict[str, Any], key: str, n: int,
@@ -126,7 +113,7 @@ def break_schema(content: str, schema: dict[str, Any], key: str, n: int,
                   if way in ways and names]
     if not applicable:
         return None
-    way = applicable[int(_uniform("way", key, n) * len(applicable))]
+    way = applicable[int(uniform("way", key, n) * len(applicable))]
     if way == "enum":
         name = enums[0]
         allowed = properties[name]["enum"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 FAULT_KINDS = ("429", "500", "502", "503", "504", "hang", "html", "drop")
@@ -34,6 +35,12 @@ PROXY_PAGE = (
 )
 
 
+def check_share(flag: str, rate: float) -> None:
+    """A share is a probability: a one-line error naming its flag when it is not."""
+    if not 0.0 <= rate <= 1.0:  # also false for NaN
+        raise ValueError(f"{flag} must be between 0 and 1, not {rate}")
+
+
 @dataclass
 class Faults:
     """Deterministic fault injection; rates are probabilities in [0, 1] summing to <= 1."""
@@ -52,9 +59,7 @@ class Faults:
 
     def __post_init__(self) -> None:
         for kind in FAULT_KINDS:
-            rate = self.rate(kind)
-            if not 0.0 <= rate <= 1.0:  # also false for NaN
-                raise ValueError(f"--rate-{kind} must be between 0 and 1, not {rate}")
+            check_share(f"--rate-{kind}", self.rate(kind))
         total = sum(self.rate(kind) for kind in FAULT_KINDS)
         if total > 1.0 + 1e-9:
             raise ValueError(f"the --rate-* flags sum to {total:g}; they must sum to at most 1")
@@ -69,17 +74,28 @@ class Faults:
         return any(self.rate(kind) > 0 for kind in FAULT_KINDS)
 
 
-def pick_fault(faults: Faults, key: str, n: int) -> str | None:
-    """The fault for the `n`-th sighting of body digest `key`: a function of (seed, key, n)
-    only, so concurrency and request order cannot change it."""
-    digest = hashlib.sha256(f"{faults.seed}:{key}:{n}".encode()).digest()
-    u = int.from_bytes(digest[:8], "big") / 2**64
+def uniform(*parts: object) -> float:
+    """A number in [0, 1) that is a function of `parts` only: what every deterministic choice
+    of the local endpoint (here and in pipeline.local.bad_answers) is drawn from."""
+    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def pick_share(u: float, shares: Iterable[tuple[str, float]]) -> str | None:
+    """The kind whose share `u` falls in, the shares laid end to end from 0; None past them."""
     edge = 0.0
-    for kind in FAULT_KINDS:
-        edge += faults.rate(kind)
+    for kind, share in shares:
+        edge += share
         if u < edge:
             return kind
     return None
+
+
+def pick_fault(faults: Faults, key: str, n: int) -> str | None:
+    """The fault for the `n`-th sighting of body digest `key`: a function of (seed, key, n)
+    only, so concurrency and request order cannot change it."""
+    return pick_share(uniform(faults.seed, key, n),
+                      ((kind, faults.rate(kind)) for kind in FAULT_KINDS))
 
 
 def misanswer(content: str, how: str) -> str:

@@ -16,16 +16,7 @@ from pipeline.local.bad_answers import BadAnswers, pick_bad_answer, pick_schema_
 from pipeline.outcomes import ErrorClass, Status
 from tests import files
 
-SCHEMA = {
-    "type": "object",
-    "properties": {
-        "caption": {"type": "string"},
-        "category": {"enum": ["product", "document", "scene", "other"]},
-        "count": {"type": "integer"},
-    },
-    "required": ["caption", "category", "count"],
-    "additionalProperties": False,
-}
+SCHEMA = files.ANSWER_SCHEMA
 PLAIN = PromptSpec("Describe.", max_tokens=40)
 STRUCTURED = PromptSpec("Describe.", max_tokens=200, response_schema=SCHEMA)
 

@@ -27,20 +27,15 @@ from pipeline.outcomes import ErrorClass, Status
 from pipeline.resources import sql_text
 from pipeline.runs import rows
 from pipeline.runs.context import RunResult
+from tests import files
 
-SCHEMA = {
-    "type": "object",
-    "properties": {
-        "caption": {"type": "string"},
-        "category": {"enum": ["product", "document", "scene", "other"]},
-        "count": {"type": "integer"},
-        "objects": {"type": "array", "items": {
-            "type": "object", "properties": {"name": {"type": "string"}},
-            "required": ["name"], "additionalProperties": False}},
-    },
-    "required": ["caption", "category", "count"],
-    "additionalProperties": False,
-}
+# The tests' answer schema, with a nested array of objects.
+SCHEMA = {**files.ANSWER_SCHEMA, "properties": {
+    **files.ANSWER_SCHEMA["properties"],
+    "objects": {"type": "array", "items": {
+        "type": "object", "properties": {"name": {"type": "string"}},
+        "required": ["name"], "additionalProperties": False}},
+}}
 GOOD = {"caption": "A mug.", "category": "product", "count": 1, "objects": [{"name": "mug"}]}
 USAGE = {"prompt_tokens": 700, "completion_tokens": 300, "total_tokens": 1000}
 SPEC = PromptSpec("Describe.", max_tokens=300)

@@ -24,15 +24,7 @@ from pipeline.local.bad_answers import (
 from pipeline.local.describer import describe, measure
 from tests import files
 
-SCHEMA = {
-    "type": "object",
-    "properties": {
-        "caption": {"type": "string"},
-        "category": {"enum": ["product", "document", "scene", "other"]},
-        "count": {"type": "integer"},
-    },
-    "required": ["caption", "category", "count"],
-}
+SCHEMA = files.ANSWER_SCHEMA
 SPEC = PromptSpec("Describe.", max_tokens=50)
 
 
