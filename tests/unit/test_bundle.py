@@ -1,6 +1,7 @@
 """The Databricks bundle (databricks.yml and its includes), read with PyYAML and checked
 against what it points at: the files, the CLI's flags, the SQL templates' markers, the model
-limits and pyproject.toml. The Databricks CLI itself cannot be installed offline."""
+limits and pyproject.toml. The Databricks CLI cannot be built in CI; test_bundle_typed.py
+checks every resource with Databricks' typed classes."""
 
 from __future__ import annotations
 
@@ -8,54 +9,29 @@ import fnmatch
 import importlib.util
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from pipeline import cli, config, notebook
 from pipeline.endpoint.payloads import image_byte_budget
 from pipeline.images.limits import load_catalog
 from pipeline.images.prepare import target_size
+from tests.unit import bundle_config as bundle
+from tests.unit.bundle_config import REPO, Doc, docs, resolve, root
 
-REPO = Path(__file__).resolve().parents[2]
 VAR_REF = re.compile(r"\$\{var\.([A-Za-z0-9_]+)\}")
 TARGETS = ("dev", "prod")
 PYTHON_JOB = "caption_images"
 ARRIVAL_JOB = "caption_images_on_arrival"
 SQL_JOB = "caption_sql"
-# What ${...} other than variables resolve to, for checks that need a concrete string.
-CONTEXT = {"workspace.current_user.short_name": "some_developer"}
-
-
-@dataclass(frozen=True)
-class Doc:
-    path: Path
-    data: dict[str, Any]
-
-
-@cache
-def docs() -> tuple[Doc, ...]:
-    """databricks.yml, then every file its `include` globs name, as the CLI loads them."""
-    root = REPO / "databricks.yml"
-    main = yaml.safe_load(root.read_text(encoding="utf-8"))
-    found = [Doc(root, main)]
-    for pattern in main.get("include", []):
-        paths = sorted(REPO.glob(pattern))
-        assert paths, f"include {pattern!r} matches no file"
-        found += [Doc(p, yaml.safe_load(p.read_text(encoding="utf-8"))) for p in paths]
-    return tuple(found)
-
-
-def root() -> dict[str, Any]:
-    return docs()[0].data
+# The table every job writes, in the schema the bundle creates.
+TABLE = "${var.catalog}.${resources.schemas.vision_batch.name}.${var.table_name}"
 
 
 def jobs() -> dict[str, tuple[Doc, dict[str, Any]]]:
-    """Job key -> (the file that defines it, the job)."""
+    """Job key -> (the file that defines it, the job), the opt-in SQL job included."""
     found: dict[str, tuple[Doc, dict[str, Any]]] = {}
     for doc in docs():
         for key, job in doc.data.get("resources", {}).get("jobs", {}).items():
@@ -82,37 +58,8 @@ def strings(value: Any) -> Iterator[str]:
 
 
 def variables(target: str) -> dict[str, Any]:
-    """Variable values for a target: defaults, then the target's own values."""
-    values = {
-        name: spec.get("default", f"<lookup {spec.get('lookup')}>")
-        for name, spec in root()["variables"].items()
-    }
-    for name, value in (root()["targets"][target].get("variables") or {}).items():
-        values[name] = value.get("default", value) if isinstance(value, dict) else value
-    return values
-
-
-def resolve(value: Any, target: str) -> Any:
-    """${var.X}, ${bundle.*} and the context above substituted, as the CLI would."""
-    values = variables(target)
-    context = {**CONTEXT, "bundle.name": root()["bundle"]["name"], "bundle.target": target}
-
-    def one(text: str) -> Any:
-        whole = VAR_REF.fullmatch(text)
-        if whole:  # a complex variable keeps its type
-            return resolve(values[whole.group(1)], target)
-        text = VAR_REF.sub(lambda m: str(resolve(values[m.group(1)], target)), text)
-        for key, replacement in context.items():
-            text = text.replace("${" + key + "}", replacement)
-        return text
-
-    if isinstance(value, str):
-        return one(value)
-    if isinstance(value, list):
-        return [resolve(v, target) for v in value]
-    if isinstance(value, dict):
-        return {k: resolve(v, target) for k, v in value.items()}
-    return value
+    """Every variable's value for a target, substituted."""
+    return bundle.configuration(target)["variables"]
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -138,7 +85,7 @@ def load_script(path: Path):
 
 
 def test_every_variable_used_is_declared_and_every_declared_one_is_used() -> None:
-    declared = root()["variables"]
+    declared = bundle.declared()
     used = {name for doc in docs() for text in strings(doc.data) for name in VAR_REF.findall(text)}
     assert used - set(declared) == set(), "referenced but not declared"
     assert set(declared) - used == set(), "declared but never used"
@@ -147,7 +94,8 @@ def test_every_variable_used_is_declared_and_every_declared_one_is_used() -> Non
         assert overridden <= set(declared), f"{target} sets undeclared variables"
     for name, spec in declared.items():
         assert spec.get("description"), f"variable {name} has no description"
-        assert "default" in spec or "lookup" in spec, f"variable {name} has no value"
+        # Without a value every command must give one; only the opt-in SQL job may ask.
+        assert "default" in spec or name == "warehouse_id", f"variable {name} has no value"
 
 
 def test_dev_is_the_default_development_target_and_prod_a_production_one() -> None:
@@ -162,15 +110,14 @@ def test_dev_is_the_default_development_target_and_prod_a_production_one() -> No
     # written out, and a development target may not set UNPAUSED there.
     assert dev["presets"]["trigger_pause_status"] == "PAUSED"
     assert "root_path" not in dev.get("workspace", {}), "dev deploys under the user's home"
-    assert "${workspace.current_user.short_name}" in dev["variables"]["table_name"]
 
     prod = targets["prod"]
     assert prod["mode"] == "production"
     assert prod["presets"]["trigger_pause_status"] == "UNPAUSED"
-    # Production mode wants an explicit root_path in the target, so one copy is deployed.
-    assert prod["workspace"]["root_path"].startswith("/Workspace/Shared/")
+    # Production mode wants an explicit root_path in the target, so one copy is deployed: in
+    # the service principal's home, where no one else can write.
+    assert prod["workspace"]["root_path"].startswith("/Workspace/Users/${var.service_principal}/")
     assert prod["run_as"] == {"service_principal_name": "${var.service_principal}"}
-    assert variables("prod")["schema"] != variables("dev")["schema"]
 
 
 def test_no_job_pins_a_pause_status_so_the_target_decides() -> None:
@@ -223,6 +170,10 @@ def test_caption_task_retries_and_failures_are_reported_through_variables() -> N
         assert caption["min_retry_interval_millis"] > 0
         # A retry resumes; a timeout is no reason to stop.
         assert caption["retry_on_timeout"] is True
+    for key in REPORT_TASKS:
+        # A failed caption task (exit 1 or 3) must leave the job's last task failed too: a job
+        # whose leaf tasks succeed counts as succeeded, and on_failure would never fire.
+        assert task(PYTHON_JOB, key).get("run_if", "ALL_SUCCESS") == "ALL_SUCCESS"
     for key in (PYTHON_JOB, SQL_JOB):
         _, job = jobs()[key]
         assert job["email_notifications"] == {"on_failure": "${var.failure_emails}"}
@@ -292,7 +243,7 @@ def test_caption_task_parameters_are_flags_the_cli_accepts(target: str) -> None:
 
     values = variables(target)
     assert cfg.input == values["input_path"]
-    assert cfg.table == resolve("${var.catalog}.${var.schema}.${var.table_name}", target)
+    assert cfg.table == resolve(TABLE, target)
     assert cfg.endpoint == values["endpoint"]
     assert cfg.prompt == values["prompt"]
     assert cfg.max_concurrency == int(values["max_concurrency"])
@@ -309,7 +260,7 @@ def test_report_task_parameters_are_flags_the_cli_accepts() -> None:
     params = resolve(task(PYTHON_JOB, "report_cluster")["spark_python_task"]["parameters"],
                      "prod")
     args = cli.build_parser().parse_args(["report", *params])
-    assert args.table == resolve("${var.catalog}.${var.schema}.${var.table_name}", "prod")
+    assert args.table == resolve(TABLE, "prod")
     assert args.out == variables("prod")["report_path"]
 
 
@@ -374,11 +325,13 @@ def test_python_tasks_call_the_entry_point_the_wheel_declares() -> None:
     (target,) = [v for k, v in pyproject()["project"]["scripts"].items() if k == "vision-batch"]
     module_name, function_name = target.split(":")
     assert (module_name, function_name) == ("pipeline.cli", "main")
-    entry = cli.main
+    # Each task script hands over to the installed wheel (cli.main, or the Python entry point
+    # it calls), never to a copy of the library.
     for what, path in task_paths():
         if what.endswith("python_file"):
             module = load_script(path)
-            assert any(value is entry for value in vars(module).values()), what
+            assert any(callable(value) and getattr(value, "__module__", "").startswith("pipeline")
+                       for value in vars(module).values()), what
 
 
 # --- the SQL job ----------------------------------------------------------------------
@@ -398,7 +351,9 @@ def test_sql_tasks_run_template_files_on_the_warehouse() -> None:
         assert t["sql_task"]["warehouse_id"] == "${var.warehouse_id}"
         assert t["sql_task"]["file"]["source"] == "WORKSPACE"
         assert path.resolve().parent == REPO / "sql" and path.is_file()
-    assert "lookup" in root()["variables"]["warehouse_id"]
+    # The warehouse is declared by the opt-in file itself: who does not include it needs none.
+    doc, _ = jobs()[SQL_JOB]
+    assert set(doc.data["variables"]) == {"warehouse_id"}
     deps = {t["task_key"]: [d["task_key"] for d in t.get("depends_on", [])] for _, t in tasks}
     assert deps["caption"] == ["create_captions_table"] and deps["summarize"] == ["caption"]
 
@@ -422,7 +377,7 @@ def test_sql_run_id_is_the_job_run_and_the_question_matches_the_python_job() -> 
     _, job = jobs()[SQL_JOB]
     defaults = {p["name"]: p["default"] for p in job["parameters"]}
     assert defaults["run_id"] == "{{job.run_id}}"
-    assert defaults["table"] == "${var.catalog}.${var.schema}.${var.table_name}"
+    assert defaults["table"] == TABLE
     assert defaults["runs_table"] == defaults["table"] + "_runs"
     for name in ("input_path", "endpoint", "prompt", "max_tokens"):
         assert defaults[name] == "${var." + name + "}"
