@@ -1,8 +1,8 @@
 """The Databricks bundle as the CLI sees it for one target, without the CLI: databricks.yml and
 its includes read with PyYAML, the target's overrides merged in, its mode applied, and every
-`${...}` the CLI resolves at validate or deploy substituted. CI cannot build the CLI, so the
-bundle tests check this view; `databricks bundle validate -o json` gives the same names and
-paths (docs/deploy.md shows how to run it against a stand-in workspace).
+`${...}` the CLI resolves at validate or deploy substituted. CI has no Databricks CLI, so the
+bundle tests check this view; where `databricks bundle validate -o json` resolves a value (at
+validate, not deploy), it gives the same names and paths.
 
 What is emulated, from databricks/cli (bundle/config/mutator/resourcemutator):
 - target `variables`, `resources` (maps merged key by key), `run_as`, `permissions`, `presets`;
