@@ -69,7 +69,7 @@ CREATE TABLE IF NOT EXISTS IDENTIFIER(:table) (
   prompt_tokens INT,
   completion_tokens INT,
   total_tokens INT,
-  usage_source STRING COMMENT 'endpoint (from the response) or estimated',
+  usage_source STRING COMMENT 'endpoint (from the response), apportioned (the usage of a packed request, shared over its images) or estimated',
   estimated_image_tokens INT COMMENT 'the model family formula applied to what was sent',
   attempts INT COMMENT 'requests made for this row',
   latency_ms INT COMMENT 'of the successful (or last) attempt',

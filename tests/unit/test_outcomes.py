@@ -1,4 +1,4 @@
-"""One vocabulary for outcomes: the Python paths, the SQL templates and the README use the same
+"""One vocabulary for outcomes: the Python paths, the SQL templates and the docs use the same
 statuses and error classes (pipeline/outcomes.py), and the words travel as plain text."""
 
 from __future__ import annotations
@@ -53,10 +53,10 @@ def test_the_sql_checks_reject_with_the_udf_paths_invalid_classes(template: str)
     assert found and found <= {c.value for c in INVALID_CLASSES}
 
 
-def test_the_readme_lists_every_error_class_under_its_status() -> None:
-    readme = (REPO / "README.md").read_text()
-    line = re.search(r"Error classes\. `invalid`: (.*?)`failed`: (.*?)\n\n", readme, re.S)
-    assert line, "README: the 'Error classes.' paragraph"
+def test_the_docs_list_every_error_class_under_its_status() -> None:
+    tables = (REPO / "docs" / "tables.md").read_text()
+    line = re.search(r"\n`invalid` rows (.*?)\n\n`failed` rows (.*?)\n\n", tables, re.S)
+    assert line, "docs/tables.md: the paragraphs of `invalid` and `failed` rows"
     invalid, failed = (set(re.findall(r"`([a-z_]+)`", part)) for part in line.groups())
     assert invalid == {c.value for c in INVALID_CLASSES}
     assert failed == {c.value for c in FAILED_CLASSES}
