@@ -1,6 +1,6 @@
 """The words outcomes are written in: a row's status, the class of error behind an `invalid`
 or `failed` row, and a run's status. The tables, the SQL templates, the report and the progress
-lines all use these; README "Tables" ("Error classes") says what each means to a user.
+lines all use these; docs/tables.md ("Statuses and error classes") says what each means to a user.
 
 Each is a string enum: a member equals its text ("ok" == Status.OK), formats as its text, and
 pickles as plain text, so rows carry it into pandas, Arrow and Spark (whose JVM side unpickles

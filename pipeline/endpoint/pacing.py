@@ -3,9 +3,9 @@ tokens per minute (OTPM) and queries per hour (QPH). No HTTP here: the client as
 `Pacer` before each attempt and tells it what the attempt really cost.
 
 Databricks counts each limit over a window of a minute (an hour for QPH) and answers 429 past
-any of them, with a Retry-After that can be close to a minute (README, "Pay-per-token
-limits"). The pacer keeps a sliding window of its own, which never admits more in any minute
-than the limit, whichever way the endpoint's window turns over. Reacting to those
+any of them, with a Retry-After that can be close to a minute (docs/limits-and-cost.md,
+"Pay-per-token limits"). The pacer keeps a sliding window of its own, which never admits more
+in any minute than the limit, whichever way the endpoint's window turns over. Reacting to those
 429s (AIMD) only starts after the storm has begun, so the pacer admits a request only when its
 cost fits every window: its estimated input tokens, its `max_tokens` of output (settled with
 the real usage when the answer comes, so a short answer frees what it did not use), and one

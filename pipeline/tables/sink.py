@@ -9,8 +9,8 @@ Rows arrive as plain Python dicts built on the driver (a batch's rows are in han
 each write is one small local DataFrame and one statement, and what was written is counted
 from those rows, not by another Spark job.
 
-What keeps a batch as cheap at the ten-millionth row as at the first (README, "What a long
-run keeps flat"): each MERGE names the key range of its batch (`t.path BETWEEN :first_path
+What keeps a batch as cheap at the ten-millionth row as at the first (docs/operations.md, "Long
+runs"): each MERGE names the key range of its batch (`t.path BETWEEN :first_path
 AND :last_path`), so Delta reads only the files whose min/max statistics overlap it, not the
 whole table; batches arrive in key order, so the files they leave hold narrow ranges. The
 statistics of a string keep a prefix of it (32 characters by default), and paths share much
@@ -92,7 +92,7 @@ UPKEEP = {"delta.autoOptimize.autoCompact": "auto_compact.sql",
           "delta.logRetentionDuration": "claims_log_retention.sql"}
 
 # A local session's Delta settings for these tables (`tune`). Elsewhere the session is not
-# ours to change: set them in the cluster's Spark config (README).
+# ours to change: set them in the cluster's Spark config (docs/compute.md).
 STRING_STATS = 256  # characters of a string column's min/max statistics (Delta keeps 32)
 COMPACTED_BYTES = 16 * 1024 * 1024  # auto compaction's files: at most this (Delta: 128 MB)
 # Each setting, and which of its value and one set already is kept: longer statistics,

@@ -186,16 +186,17 @@ def test_every_file_a_command_runs_exists(snippet: Snippet) -> None:
 
 @cache
 def bundle() -> dict[str, Any]:
-    """databricks.yml with the resources of the files it includes."""
+    """databricks.yml with the resources and variables of every file in conf/bundle/: those it
+    includes and the opt-in SQL job's, whose commands the docs show for when it is included."""
     root = yaml.safe_load((REPO / "databricks.yml").read_text(encoding="utf-8"))
     jobs: dict[str, Any] = {}
-    for pattern in root.get("include", []):
-        for path in sorted(REPO.glob(pattern)):
-            included = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-            jobs.update(included.get("resources", {}).get("jobs", {}))
+    variables = dict(root.get("variables", {}))
+    for path in sorted((REPO / "conf" / "bundle").glob("*.yml")):
+        included = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        jobs.update(included.get("resources", {}).get("jobs", {}))
+        variables.update(included.get("variables", {}))
     jobs.update(root.get("resources", {}).get("jobs", {}))
-    return {"targets": root.get("targets", {}), "variables": root.get("variables", {}),
-            "jobs": jobs}
+    return {"targets": root.get("targets", {}), "variables": variables, "jobs": jobs}
 
 
 def option(words: list[str], *names: str) -> list[str]:
