@@ -39,7 +39,6 @@ def widget_defaults() -> dict[str, tuple[str, str]]:
         "runs_table": ("main.default.captions_runs", "runs table"),
         "endpoint": (ENDPOINT, "serving endpoint"),
         "prompt": (DEFAULT_PROMPT, "instruction sent with every image"),
-        "prompt_id": ("notebook-v1", "name of prompt + parameters: change it when they change"),
         "run_id": ("notebook-run-1", "id written on this run's rows: change it per run"),
         "max_tokens": (str(spec.max_tokens), "completion limit"),
         "temperature": ("", "empty: the endpoint's default"),
@@ -70,7 +69,9 @@ def render() -> str:
         "-- MAGIC # vision-batch: caption a volume with ai_query\n"
         "-- MAGIC Set the widgets, then run all. The cells below are the templates in the\n"
         "-- MAGIC repository's `sql/` folder, verbatim; values reach them only as named\n"
-        "-- MAGIC parameters (`:name`), never pasted into the SQL text.",
+        "-- MAGIC parameters (`:name`), never pasted into the SQL text. The rows' prompt id is\n"
+        "-- MAGIC computed from the prompt and the parameters that shape the answer, as the CLI\n"
+        "-- MAGIC and the SQL job compute it: change the prompt and it is a new question.",
         "\n".join(
             f"-- {about}\nCREATE WIDGET TEXT {name} DEFAULT {_quote(default)};"
             for name, (default, about) in widgets.items()

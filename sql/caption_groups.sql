@@ -10,8 +10,8 @@
 --                    (by folder: '^(.*)/[^/]*$'). Java regex syntax: keep to what Python's
 --                    re reads the same way if the UDF path is to find the same groups.
 --   :endpoint        serving endpoint name          :prompt       instruction for each group
---   :prompt_id       hash of prompt + parameters    :run_id       id of this run
---   :max_tokens      completion limit               :temperature  a number, or empty: default
+--   :run_id          id of this run                 :max_tokens   completion limit
+--   :temperature     a number, or empty: the endpoint's default
 --   :formats         accepted formats, 'JPEG,PNG'   :max_bytes    largest image sent as is
 --   :max_file_bytes  files above are never read     :image_tokens estimated tokens per image
 --   :max_images      images one request may carry (the model family's limit)
@@ -19,7 +19,9 @@
 --                    request limit less the rest of the body)
 --   :per_image_bytes what each image part costs besides its base64 bytes
 --
--- Numbers may come as strings (notebook widgets), so they are cast where used.
+-- Numbers may come as strings (notebook widgets), so they are cast where used. No parameter
+-- names the prompt id: the `question` CTE computes it from the prompt, the parameters that
+-- shape the answer and :group_pattern, as the UDF path's --group-by does.
 --
 -- ARRAY OF FILES: this template passes ai_query `files => <ARRAY<BINARY>>`, the part's images
 -- in path order. The ai_query documentation we could check shows `files => content` with one
@@ -46,7 +48,23 @@
 --   another fingerprint: each path then asks that group once more.
 MERGE INTO IDENTIFIER(:groups_table) AS t
 USING (
-  WITH listed AS (
+  WITH question AS (
+    -- The prompt id: a hash of the prompt and of every parameter that shapes the answer, so
+    -- the same question has the same id on every path and nobody names it by hand. The
+    -- text hashed is a header line, then one line per value, its length in characters, ':'
+    -- and the value, or '-' for none (pipeline/endpoint/prompt_ids.py builds the same in
+    -- Python; tests/spark/test_prompt_ids.py keeps the two equal).
+    SELECT substr(sha2(concat_ws('\n', 'vision-batch prompt id 2', transform(array(
+        :prompt,
+        CAST(CAST(:max_tokens AS INT) AS STRING),
+        CAST(try_cast(try_cast(:temperature AS DOUBLE) AS DECIMAL(20, 6)) AS STRING),
+        CAST(NULL AS STRING),  -- no response format: groups are answered in plain text
+        CAST(NULL AS STRING),  -- so no caption field
+        :group_pattern),
+      v -> coalesce(concat(CAST(char_length(v) AS STRING), ':', v), '-'))), 256), 1, 16)
+      AS prompt_id
+  ),
+  listed AS (
     SELECT path, length AS size_bytes, modificationTime AS modified_at, content,
       -- '' when the pattern does not match: the file belongs to no group and is left out.
       regexp_extract(path, :group_pattern, 1) AS group_key
@@ -71,7 +89,8 @@ USING (
     LEFT ANTI JOIN (
       SELECT group_key, fingerprint
       FROM IDENTIFIER(:groups_table)
-      WHERE endpoint = :endpoint AND prompt_id = :prompt_id AND status IN ('ok', 'invalid')
+      WHERE endpoint = :endpoint AND prompt_id = (SELECT prompt_id FROM question)
+        AND status IN ('ok', 'invalid')
     ) AS d
     ON f.group_key = d.group_key AND f.fingerprint = d.fingerprint
   ),
@@ -219,7 +238,7 @@ USING (
   SELECT
     group_key,
     :endpoint AS endpoint,
-    :prompt_id AS prompt_id,
+    (SELECT prompt_id FROM question) AS prompt_id,
     fingerprint,
     member_paths,
     images,

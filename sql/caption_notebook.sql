@@ -3,7 +3,9 @@
 -- MAGIC # vision-batch: caption a volume with ai_query
 -- MAGIC Set the widgets, then run all. The cells below are the templates in the
 -- MAGIC repository's `sql/` folder, verbatim; values reach them only as named
--- MAGIC parameters (`:name`), never pasted into the SQL text.
+-- MAGIC parameters (`:name`), never pasted into the SQL text. The rows' prompt id is
+-- MAGIC computed from the prompt and the parameters that shape the answer, as the CLI
+-- MAGIC and the SQL job compute it: change the prompt and it is a new question.
 
 -- COMMAND ----------
 
@@ -17,8 +19,6 @@ CREATE WIDGET TEXT runs_table DEFAULT 'main.default.captions_runs';
 CREATE WIDGET TEXT endpoint DEFAULT 'databricks-llama-4-maverick';
 -- instruction sent with every image
 CREATE WIDGET TEXT prompt DEFAULT 'Describe this image in one or two sentences, as alt text for someone who cannot see it.';
--- name of prompt + parameters: change it when they change
-CREATE WIDGET TEXT prompt_id DEFAULT 'notebook-v1';
 -- id written on this run's rows: change it per run
 CREATE WIDGET TEXT run_id DEFAULT 'notebook-run-1';
 -- completion limit
@@ -137,13 +137,15 @@ TBLPROPERTIES ('delta.enableDeletionVectors' = 'false', 'delta.autoOptimize.auto
 -- Parameters (named markers; the table through IDENTIFIER; nothing is formatted into text):
 --   :table           captions table                 :input_path   folder or volume to read
 --   :endpoint        serving endpoint name          :prompt       instruction for every image
---   :prompt_id       hash of prompt + parameters    :run_id       id of this run
---   :max_tokens      completion limit               :temperature  a number, or empty: default
+--   :run_id          id of this run                 :max_tokens   completion limit
+--   :temperature     a number, or empty: the endpoint's default
 --   :response_format JSON response format, or empty :caption_field field holding the caption
 --   :formats         accepted formats, 'JPEG,PNG'   :max_bytes    largest image sent as is
 --   :max_file_bytes  files above are never read     :image_tokens estimated tokens per image
 --
--- Numbers may come as strings (notebook widgets), so they are cast where used.
+-- Numbers may come as strings (notebook widgets), so they are cast where used. No parameter
+-- names the prompt id: the `question` CTE computes it from the prompt and the parameters
+-- that shape the answer, as every other path does, so a changed prompt is a new question.
 --
 -- SQL cannot decode or resize images: a file is sent as it is or not at all. Files the model
 -- would refuse (empty, too large, not an image by their leading bytes, a format not in
@@ -152,7 +154,24 @@ TBLPROPERTIES ('delta.enableDeletionVectors' = 'false', 'delta.autoOptimize.auto
 -- four characters a token) and marked usage_source = 'estimated'.
 MERGE INTO IDENTIFIER(:table) AS t
 USING (
-  WITH listed AS (
+  WITH question AS (
+    -- The prompt id: a hash of the prompt and of every parameter that shapes the answer, so
+    -- the same question has the same id on every path and nobody names it by hand. The
+    -- text hashed is a header line, then one line per value, its length in characters, ':'
+    -- and the value, or '-' for none (pipeline/endpoint/prompt_ids.py builds the same in
+    -- Python; tests/spark/test_prompt_ids.py keeps the two equal).
+    SELECT substr(sha2(concat_ws('\n', 'vision-batch prompt id 2', transform(array(
+        :prompt,
+        CAST(CAST(:max_tokens AS INT) AS STRING),
+        CAST(try_cast(try_cast(:temperature AS DOUBLE) AS DECIMAL(20, 6)) AS STRING),
+        -- Canonical: keys sorted, no spaces, so the same format written otherwise is the same.
+        to_json(parse_json(nullif(:response_format, ''))),
+        CASE WHEN nullif(:response_format, '') IS NOT NULL THEN :caption_field END,
+        CAST(NULL AS STRING)),  -- no group rule
+      v -> coalesce(concat(CAST(char_length(v) AS STRING), ':', v), '-'))), 256), 1, 16)
+      AS prompt_id
+  ),
+  listed AS (
     SELECT path, length AS size_bytes, modificationTime AS modified_at, content
     FROM read_files(:input_path, format => 'binaryFile', recursiveFileLookup => true)
   ),
@@ -163,7 +182,8 @@ USING (
     LEFT ANTI JOIN (
       SELECT path, size_bytes, modified_at
       FROM IDENTIFIER(:table)
-      WHERE endpoint = :endpoint AND prompt_id = :prompt_id AND status IN ('ok', 'invalid')
+      WHERE endpoint = :endpoint AND prompt_id = (SELECT prompt_id FROM question)
+        AND status IN ('ok', 'invalid')
     ) AS d
     ON l.path = d.path AND l.size_bytes = d.size_bytes AND l.modified_at = d.modified_at
   ),
@@ -241,7 +261,7 @@ USING (
     CAST(NULL AS INT) AS sent_height,
     CAST(CASE WHEN status <> 'invalid' THEN size_bytes END AS INT) AS sent_bytes,
     :endpoint AS endpoint,
-    :prompt_id AS prompt_id,
+    (SELECT prompt_id FROM question) AS prompt_id,
     status,
     CASE
       WHEN status = 'invalid' THEN error_class

@@ -16,10 +16,9 @@ from typing import Any
 from pipeline.endpoint.pacing import HELD
 from pipeline.endpoint.packing import apportion_usage
 from pipeline.endpoint.payloads import Usage
+from pipeline.endpoint.prompt_ids import GROUP_BY_FOLDER  # each file's parent folder
 from pipeline.outcomes import ErrorClass, Status
 
-# `--group-by folder`: each file's parent folder is its group; any other value is a regex.
-GROUP_BY_FOLDER = "folder"
 USAGE = ("prompt_tokens", "completion_tokens", "total_tokens")
 
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import base64
 import functools
-import hashlib
 import json
 import math
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.endpoint import prompt_ids
 from pipeline.endpoint.schemas import answer_problem
 
 
@@ -45,22 +45,19 @@ class PromptSpec:
     group_by: str | None = None  # set when the prompt is asked of groups of images
 
     @property
+    def response_format(self) -> dict[str, Any] | None:
+        """The chat-completions `response_format` that asks for answers fitting the schema
+        (ai_query's `responseFormat` takes the same, as JSON text); None: plain text."""
+        if self.response_schema is None:
+            return None
+        return {"type": "json_schema",
+                "json_schema": {"name": "answer", "schema": self.response_schema, "strict": True}}
+
+    @property
     def prompt_id(self) -> str:
-        shape = {
-            "prompt": self.prompt,
-            "max_tokens": self.max_tokens,
-            "temperature": self.temperature,
-            "response_schema": self.response_schema,
-            "caption_field": self.caption_field if self.response_schema else None,
-        }
-        if self.group_by is not None:  # only then, so ids from before groups stay the same
-            shape["group_by"] = self.group_by
-        canonical = json.dumps(
-            shape,
-            sort_keys=True,
-            separators=(",", ":"),
-        )
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        """The same id the SQL templates compute from the same values (prompt_ids.py)."""
+        return prompt_ids.prompt_id(self.prompt, self.max_tokens, self.temperature,
+                                    self.response_format, self.caption_field, self.group_by)
 
 
 @dataclass(frozen=True)
@@ -118,11 +115,8 @@ def chat_body(
         body["model"] = model
     if spec.temperature is not None:
         body["temperature"] = spec.temperature
-    if spec.response_schema is not None:
-        body["response_format"] = {
-            "type": "json_schema",
-            "json_schema": {"name": "answer", "schema": spec.response_schema, "strict": True},
-        }
+    if spec.response_format is not None:
+        body["response_format"] = spec.response_format
     return body
 
 

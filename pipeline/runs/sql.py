@@ -19,8 +19,8 @@ from typing import Any
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from pipeline.endpoint.groups import GROUP_BY_FOLDER
 from pipeline.endpoint.packing import request_room
+from pipeline.endpoint.prompt_ids import group_pattern
 from pipeline.errors import RunError
 from pipeline.files.source import InputError, Listing
 from pipeline.images.prepare import target_size
@@ -32,9 +32,6 @@ from pipeline.tables import sink
 
 TEMPLATE = "caption_files.sql"
 GROUP_TEMPLATE = "caption_groups.sql"
-# `group_by: folder` as a regular expression: everything before the last '/' (the UDF path's
-# parent folder, pipeline/endpoint/groups.py).
-FOLDER_PATTERN = "^(.*)/[^/]*$"
 
 
 # Databricks offers ai_query on serverless compute and SQL warehouses, not on classic
@@ -56,7 +53,6 @@ def _common(ctx: RunContext) -> dict[str, Any]:
         "input_path": ctx.config.input,
         "endpoint": ctx.endpoint,
         "prompt": spec.prompt,
-        "prompt_id": ctx.prompt_id,
         "run_id": ctx.run_id,
         "max_tokens": spec.max_tokens,
         "temperature": spec.temperature,
@@ -71,12 +67,8 @@ def parameters(ctx: RunContext) -> dict[str, Any]:
     """Values for every marker of sql/caption_files.sql; bound, never formatted into text."""
     assert ctx.tables is not None, "a dry run runs no SQL"
     spec = ctx.spec
-    response_format = None
-    if spec.response_schema is not None:
-        response_format = json.dumps(
-            {"type": "json_schema",
-             "json_schema": {"name": "answer", "schema": spec.response_schema, "strict": True}}
-        )
+    # The template hashes it in Spark's canonical form, as PromptSpec.prompt_id does.
+    response_format = None if spec.response_format is None else json.dumps(spec.response_format)
     return {
         "table": ctx.tables.captions,
         **_common(ctx),
@@ -90,10 +82,11 @@ def group_parameters(ctx: RunContext) -> dict[str, Any]:
     is: Java's regex dialect runs it, so it should keep to what Python's re reads alike."""
     assert ctx.tables is not None, "a dry run runs no SQL"
     rule = ctx.config.group_by
+    assert rule is not None, "a grouped run"
     return {
         "groups_table": ctx.tables.groups,
         **_common(ctx),
-        "group_pattern": FOLDER_PATTERN if rule == GROUP_BY_FOLDER else rule,
+        "group_pattern": group_pattern(rule),
         "max_images": ctx.family.max_images_per_request,
         **dict(zip(("room_bytes", "per_image_bytes"),
                    request_room(ctx.spec, ctx.family.max_request_bytes, ctx.model),

@@ -8,6 +8,7 @@ from dataclasses import replace
 
 from pipeline import notebook
 from pipeline import runs as runner
+from pipeline.endpoint.prompt_ids import FOLDER_PATTERN
 from pipeline.resources import sql_text
 from pipeline.runs import sql as sql_path
 from pipeline.tables import sink
@@ -126,6 +127,6 @@ def test_every_marker_of_the_group_template_is_bound(run_config, tmp_path) -> No
     assert bound["prompt"] == cfg.group_prompt
     folder = replace(cfg, group_by="folder")
     assert sql_path.group_parameters(runner.context(folder, None, tables))[
-        "group_pattern"] == sql_path.FOLDER_PATTERN
+        "group_pattern"] == FOLDER_PATTERN
     single = runner.context(replace(cfg, group_by=None), None, tables)
     assert set(sql_path.parameters(single)) == notebook.markers(sql_text(sql_path.TEMPLATE))

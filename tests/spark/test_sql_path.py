@@ -68,8 +68,22 @@ def test_sql_and_udf_paths_write_the_same_rows_and_schema(
 
     history = spark.read.format("delta").load(sql.table + "_runs").collect()
     assert [(r.mode, r.status, r.ok, r.invalid) for r in history] == [("sql", "succeeded", 8, 5)]
-    again = runner.run(sql, creds, spark, progress=lambda _: None)
+
+    # The SQL template over the UDF path's table: the template computes the same prompt id
+    # as the UDF path, so it finds every file done and asks nothing: one row per file.
+    requests = endpoint.stats()["requests"]
+    again = runner.run(replace(udf, mode="sql"), creds, spark, progress=lambda _: None)
     assert (again.skipped, again.written) == (13, 0)
+    assert endpoint.stats()["requests"] == requests
+    after = spark.read.format("delta").load(udf.table).collect()
+    assert len(after) == len({r.path for r in after}) == 13
+    # One prompt id on the rows of both paths and on both runs of the table (the run's id,
+    # which RunResult carries too): what the run's configuration makes in Python.
+    runs = spark.read.format("delta").load(udf.table + "_runs").collect()
+    assert sorted(r.mode for r in runs) == ["sql", "udf"] and again.run_id in {
+        r.run_id for r in runs}
+    ids = {r.prompt_id for r in after + b.collect() + runs + history}
+    assert ids == {udf.prompt_spec().prompt_id}
 
 
 def test_a_hostile_prompt_or_path_cannot_change_the_sql_that_runs(
@@ -127,6 +141,8 @@ def test_the_notebook_is_the_templates_with_a_widget_for_every_marker() -> None:
     used = set().union(*(notebook.markers(sql_text(n)) for n in notebook.TEMPLATES))
     widgets = set(re.findall(r"CREATE WIDGET TEXT (\w+)", text))
     assert used == widgets
+    # No widget names the prompt id: caption_files.sql's `question` computes it, verbatim.
+    assert "prompt_id" not in widgets and "WITH question AS (" in text
 
 
 def test_both_paths_merge_with_the_same_rules() -> None:

@@ -371,6 +371,8 @@ def test_sql_job_parameters_are_exactly_the_markers_of_its_templates() -> None:
         assert "parameters" not in t["sql_task"], "values come from the job parameters"
         used |= markers
     assert set(names) == used
+    # The templates compute the prompt id from the prompt and its parameters: none names it.
+    assert "prompt_id" not in names and "sql_prompt_id" not in root()["variables"]
 
 
 def test_sql_run_id_is_the_job_run_and_the_question_matches_the_python_job() -> None:

@@ -17,6 +17,7 @@ from pipeline.endpoint.payloads import (
     image_byte_budget,
     parse_answer,
 )
+from pipeline.endpoint.prompt_ids import FOLDER_PATTERN, hashed_text
 
 SPEC = PromptSpec("What is in this image?", max_tokens=100)
 
@@ -97,11 +98,26 @@ def test_error_message_reads_databricks_errors_only() -> None:
 
 
 def test_prompt_id_is_stable_and_changes_with_anything_that_shapes_the_answer() -> None:
-    assert SPEC.prompt_id == PromptSpec("What is in this image?", 100).prompt_id
+    # The formula, pinned: the SQL templates build this text (tests/spark/test_prompt_ids.py).
+    assert hashed_text([SPEC.prompt, "100", None, None, None, None]) == (
+        "vision-batch prompt id 2\n22:What is in this image?\n3:100\n-\n-\n-\n-")
+    assert SPEC.prompt_id == PromptSpec("What is in this image?", 100).prompt_id == (
+        "728cc542d5411061")
+    schema = {"type": "object"}
     others = {
         PromptSpec("What is in this picture?", 100).prompt_id,
         PromptSpec(SPEC.prompt, 101).prompt_id,
         PromptSpec(SPEC.prompt, 100, 0.5).prompt_id,
-        PromptSpec(SPEC.prompt, 100, None, {"type": "object"}).prompt_id,
+        PromptSpec(SPEC.prompt, 100, None, schema).prompt_id,
+        PromptSpec(SPEC.prompt, 100, None, schema, "alt_text").prompt_id,
+        PromptSpec(SPEC.prompt, 100, group_by="folder").prompt_id,
+        PromptSpec(SPEC.prompt, 100, group_by=r"/(sku-\d+)/").prompt_id,
     }
-    assert SPEC.prompt_id not in others and len(others) == 4
+    assert SPEC.prompt_id not in others and len(others) == 7
+    # What does not change the question does not change the id: the caption field of plain
+    # answers, a temperature past six decimals, `folder` and the regex SQL runs for it.
+    assert PromptSpec(SPEC.prompt, 100, caption_field="x").prompt_id == SPEC.prompt_id
+    assert PromptSpec(SPEC.prompt, 100, 0.2).prompt_id == PromptSpec(
+        SPEC.prompt, 100, 0.2000000001).prompt_id
+    assert PromptSpec(SPEC.prompt, 100, group_by="folder").prompt_id == PromptSpec(
+        SPEC.prompt, 100, group_by=FOLDER_PATTERN).prompt_id
