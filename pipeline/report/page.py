@@ -29,7 +29,7 @@ from pipeline.report.sampling import (
     tally,
 )
 from pipeline.report.thumbnails import NOT_READ, Preview, _as_preview, image_size
-from pipeline.report.totals import FamilyCost, Totals, costs, utc
+from pipeline.report.totals import CHECKED, Checked, FamilyCost, Totals, costs, utc
 
 # The issue's bound is 20 MB; thumbnails stop being embedded before the page passes this.
 PAGE_BUDGET_BYTES = 19_000_000
@@ -72,6 +72,7 @@ table.runs .l { text-align: left; }
 table.runs .ep { white-space: normal; overflow-wrap: anywhere; }
 table.runs tr:last-child td { border-bottom: 0; }
 table.runs tr.selected td { background: #fff8c5; }
+td.bad { color: var(--failed); font-weight: 600; }
 .charts { display: grid; grid-template-columns: repeat(auto-fit, minmax(480px, 1fr));
   gap: 16px; }
 .chart { margin: 0; padding: 12px 14px; }
@@ -245,6 +246,40 @@ def _cost_box(family_costs: list[FamilyCost]) -> str:
     detail = ("per model family, over rows with attempts > 0; prices from conf/models.yml"
               f"<ul>{''.join(items)}</ul>")
     return _figure_box("estimated cost", value, detail, "wide")
+
+
+CHECKED_HEADS = "".join(f"<th>{esc(c.value.replace('_', ' '))}</th>" for c in CHECKED)
+
+
+def checked_cells(checked: Checked) -> str:
+    """One cell per class of answer that is no caption: its rows and their share of those
+    sent, marked when there are any."""
+    cells = []
+    for error_class in CHECKED:
+        count, share = checked.classes[error_class], checked.share(error_class)
+        text = "–" if share is None else f"{count:,} ({share:.1%})"
+        css = ' class="bad"' if count else ""
+        cells.append(f"<td{css}>{esc(text)}</td>")
+    return "".join(cells)
+
+
+def checked_table(totals: Totals) -> str:
+    """Per endpoint and prompt: the rows sent, and how many answers were cut off at
+    max_tokens, refused, or broke the response schema (README, "Answers checked")."""
+    if not totals.checked:
+        return ""
+    head = (f"<tr><th class='l'>endpoint</th><th class='l'>prompt</th><th>rows sent</th>"
+            f"{CHECKED_HEADS}</tr>")
+    body = "".join(
+        f"<tr><td class='l ep'>{esc(endpoint)}</td><td class='l'><code>{esc(prompt)}</code>"
+        f"</td><td>{c.sent:,}</td>{checked_cells(c)}</tr>"
+        for (endpoint, prompt), c in sorted(totals.checked.items()))
+    note = ('<p class="note">Answers that came but are no caption, as a share of the rows sent: '
+            "cut off at max_tokens (raise --max-tokens and run again), refused by the model or "
+            "its guard, or breaking the response schema after every attempt. The SQL path "
+            "cannot tell a cut-off plain answer from a complete one.</p>")
+    return (f'<h2>Answers checked</h2><div class="wrap"><table class="runs checked">{head}'
+            f"{body}</table></div>{note}")
 
 
 def runs_table(runs: Sequence[Mapping[str, Any]], selected: str | None) -> str:
@@ -426,6 +461,7 @@ def page(totals: Totals, gallery_rows: Sequence[Mapping[str, Any]], previews: Ma
               f'<p class="sub">{esc(scope.table)} · {esc(what)} · generated '
               f"{esc(f'{when:%Y-%m-%d %H:%M:%S}')} UTC</p></div></header>")
     top = (figures(totals, run, costs(totals.paid, catalog), scope)
+           + checked_table(totals)
            + "<h2>Runs</h2>" + runs_table(runs, scope.run_id)
            + '<h2>Charts</h2><div class="charts">' + "".join(charts(totals)) + "</div>")
     head = (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'

@@ -276,3 +276,25 @@ def test_a_request_shared_by_packed_images_counts_once() -> None:
     totals, _ = tally(rows, 10)
     assert totals.paid_total().requests == pytest.approx(3)
     assert "6 rows with requests (3 requests)" in render(rows).html
+
+
+def test_the_report_shows_the_answers_cut_off_refused_or_off_schema_per_endpoint_and_prompt(
+) -> None:
+    bad = {"cut_off": 3, "refused": 1, "schema_mismatch": 2}
+    rows = [row(i) for i in range(14)] + [row(100, "invalid")]
+    i = 200
+    for error_class, count in bad.items():
+        for _ in range(count):
+            rows.append(row(i, "failed", error_class=error_class, error_message="no caption"))
+            i += 1
+    rows += [row(300 + k, prompt_id="p2") for k in range(4)]
+    page = render(rows).html
+    section = page[page.index("<h2>Answers checked</h2>"):page.index("<h2>Runs</h2>")]
+    lines = re.findall(r"<tr><td class='l ep'>([^<]+)</td><td class='l'><code>([^<]+)</code>"
+                       r"</td><td>([^<]+)</td>(.*?)</tr>", section)
+    cells = {(ep, prompt): (sent, re.findall(r"<td[^>]*>([^<]+)</td>", rest))
+             for ep, prompt, sent, rest in lines}
+    # Of the 20 rows p1 sent (the invalid one was not): 3 cut off, 1 refused, 2 off schema.
+    assert cells[("local-reference", "p1")] == ("20", ["3 (15.0%)", "1 (5.0%)", "2 (10.0%)"])
+    assert cells[("local-reference", "p2")] == ("4", ["0 (0.0%)"] * 3)
+    assert section.count('class="bad"') == 3
