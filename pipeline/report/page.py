@@ -269,10 +269,12 @@ def checked_table(totals: Totals) -> str:
     if not totals.checked:
         return ""
     head = (f"<tr><th class='l'>endpoint</th><th class='l'>prompt</th><th>rows sent</th>"
-            f"{CHECKED_HEADS}</tr>")
+            f"{CHECKED_HEADS}<th class='l'>finish reasons</th></tr>")
     body = "".join(
         f"<tr><td class='l ep'>{esc(endpoint)}</td><td class='l'><code>{esc(prompt)}</code>"
-        f"</td><td>{c.sent:,}</td>{checked_cells(c)}</tr>"
+        f"</td><td>{c.sent:,}</td>{checked_cells(c)}<td class='l'>"
+        + esc(" · ".join(f"{k} {n:,}" for k, n in c.finish_reasons.most_common()) or "–")
+        + "</td></tr>"
         for (endpoint, prompt), c in sorted(totals.checked.items()))
     note = ('<p class="note">Answers that came but are no caption, as a share of the rows sent: '
             "cut off at max_tokens (raise --max-tokens and run again), refused by the model or "
@@ -294,7 +296,7 @@ def runs_table(runs: Sequence[Mapping[str, Any]], selected: str | None) -> str:
     head = ("<tr><th class='l'>run</th><th class='l'>started (UTC)</th><th>seconds</th>"
             "<th class='l'>status</th><th class='l'>mode</th><th class='l'>endpoint</th>"
             "<th>listed</th><th>skipped</th><th>ok</th><th>invalid</th><th>failed</th>"
-            "<th>requests</th><th>retries</th><th>images/s</th></tr>")
+            "<th>cut off</th><th>requests</th><th>retries</th><th>images/s</th></tr>")
     body = []
     for r in shown:
         started, ended = r.get("started_at"), r.get("ended_at")
@@ -313,8 +315,8 @@ def runs_table(runs: Sequence[Mapping[str, Any]], selected: str | None) -> str:
             f"<td>{seconds}</td><td class='l'>{esc(r.get('status'))}</td>"
             f"<td class='l'>{esc(r.get('mode'))}</td><td class='l ep'>{esc(r.get('endpoint'))}</td>"
             + "".join(f"<td>{esc(num(k))}</td>" for k in (
-                "listed", "skipped", "ok", "invalid", "failed", "requests", "retries",
-                "images_per_s")) + "</tr>")
+                "listed", "skipped", "ok", "invalid", "failed", "cut_off", "requests",
+                "retries", "images_per_s")) + "</tr>")
     more = (f'<p class="note">{len(runs):,} runs recorded; the {RUNS_LISTED} latest are listed.'
             "</p>" if len(runs) > len(shown) else "")
     return f'<div class="wrap"><table class="runs">{head}{"".join(body)}</table></div>{more}'

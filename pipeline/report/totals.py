@@ -48,6 +48,7 @@ class Checked:
 
     sent: int = 0
     classes: Counter = field(default_factory=Counter)
+    finish_reasons: Counter = field(default_factory=Counter)  # as the endpoint said them
 
     def add(self, row: Mapping[str, Any]) -> None:
         if row.get("status") not in (Status.OK, Status.FAILED):
@@ -55,6 +56,8 @@ class Checked:
         self.sent += 1
         if row.get("error_class") in CHECKED:
             self.classes[row["error_class"]] += 1
+        if row.get("finish_reason"):
+            self.finish_reasons[row["finish_reason"]] += 1
 
     def share(self, error_class: str) -> float | None:
         return self.classes[error_class] / self.sent if self.sent else None
