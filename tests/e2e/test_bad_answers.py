@@ -184,3 +184,39 @@ def test_done_when_no_ok_row_breaks_the_schema_and_95_percent_end_ok(serve) -> N
     assert all(r["error_class"] == ErrorClass.SCHEMA_MISMATCH and r["attempts"] == 3
                and r["error_message"].startswith("The answer breaks the response schema at $")
                for r in failed)
+
+
+# -- groups: one answer per group, checked as one image's is ----------------------------------
+
+@pytest.mark.parametrize(
+    ("bad", "spec", "error_class", "finish_reason", "attempts"),
+    [(BadAnswers(rate_cut_off=1.0), PLAIN, ErrorClass.CUT_OFF, "length", 1),
+     (BadAnswers(rate_refusal=1.0), PLAIN, ErrorClass.REFUSED, "content_filter", 1),
+     (BadAnswers(rate_schema_break=1.0), STRUCTURED, ErrorClass.SCHEMA_MISMATCH, None, 3)],
+    ids=["cut-off", "refused", "schema-break"],
+)
+def test_a_group_answer_cut_off_refused_or_off_the_schema_fails_the_group_and_its_members(
+    serve, bad, spec, error_class, finish_reason, attempts
+) -> None:
+    from pipeline.endpoint.asking import Member, ask_group
+    from pipeline.endpoint.client import CaptionClient
+    from pipeline.endpoint.groups import group_row, member_results
+
+    endpoint, creds = serve(bad_answers=bad)
+    settings = ClientSettings(f"{endpoint.url}/serving-endpoints/ep/invocations", creds,
+                              timeout_s=5.0, max_attempts=3, concurrency=2, backoff_base_s=0.01)
+    plan = CallPlan(settings, spec, None, max_request_bytes=4_000_000, group_images=5)
+    members = [Member(f"/in/g/{i}.jpg", "image/jpeg", p, 50, "/in/g")
+               for i, p in enumerate(images(3))]
+
+    async def go() -> list[dict]:
+        async with CaptionClient(settings) as client:
+            return await ask_group(client, plan, "/in/g", members)
+
+    [part] = asyncio.run(go())
+    group = group_row("/in/g", [m.path for m in members], "fp", [part])
+    assert (group["status"], group["error_class"], group["answer"]) == (
+        Status.FAILED, error_class, None)
+    rows = member_results(part)
+    assert [(r["status"], r["error_class"], r["finish_reason"], r["attempts"]) for r in rows] \
+        == [(Status.FAILED, error_class, finish_reason, attempts)] * 3
