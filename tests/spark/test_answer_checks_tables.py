@@ -1,6 +1,8 @@
-"""The SQL path's answers checked after the template (pipeline/runs/sql.py): ai_query stores a
+"""Answers checked, as the tables hold them (the rest of #27's tests need no Spark:
+tests/e2e/test_bad_answers.py, tests/e2e/test_packing.py). On the SQL path ai_query stores a
 structured answer as the endpoint gave it, cut off or off the schema (so does the local
-stand-in); the check then fails those rows as the UDF path would have."""
+stand-in), and the check after the template (pipeline/runs/sql.py) fails those rows as the UDF
+path would have; on the UDF path a packed run keeps each image's own finish_reason."""
 
 from __future__ import annotations
 
@@ -47,3 +49,27 @@ def test_structured_answers_that_break_the_schema_or_are_cut_off_fail_after_the_
                                     "bad_response": made["cut_off"]}
     [run] = spark.read.format("delta").load(cfg.table + "_runs").collect()
     assert run.failed == made["cut_off"] + made["schema_break"]
+
+
+def test_a_packed_run_keeps_each_images_finish_reason_in_the_table(
+    spark, serve, run_config, tmp_path
+) -> None:
+    # The UDF path, three images a request, every answer cut off: each pack keeps the entries
+    # written in full before the cut; the rest are asked alone, and cut off there too.
+    folder = files.write_photos(tmp_path / "in", 6, "p{}.jpg", lambda i: (30 + i, 24))
+    endpoint, creds = serve(bad_answers=BadAnswers(rate_cut_off=1.0))
+    cfg = run_config(folder, images_per_request=3, max_tokens=400)
+    result = runner.run(cfg, creds, spark, progress=lambda _: None)
+
+    rows = spark.read.format("delta").load(cfg.table).collect()
+    kept = [r for r in rows if r.status == "ok"]
+    cut = [r for r in rows if r.status == "failed"]
+    assert kept and cut and len(rows) == 6
+    assert all(r.finish_reason == "stop" and "pixels" in r.caption for r in kept)
+    assert all((r.error_class, r.finish_reason, r.caption) == ("cut_off", "length", None)
+               for r in cut)
+    assert endpoint.stats()["requests"] == 2 + len(cut)
+    assert result.cut_off == len(cut) and result.finish_reasons == {
+        "stop": len(kept), "length": len(cut)}
+    [run] = spark.read.format("delta").load(cfg.table + "_runs").collect()
+    assert run.cut_off == len(cut)
