@@ -3,22 +3,32 @@
 It answers "what would this cost and what would be refused" before anything is paid for:
 counts by status and error class, requests (one per distinct image), and the image tokens
 the model family's formula gives for what would be sent.
+
+It also warns when max_tokens is below what the answers need, from what it can know
+(`max_tokens_warnings`): the response schema's least answer (a certain cut below it), and
+the answers earlier runs got to the same prompt from the same endpoint, at any max_tokens
+(`answer_lengths`: the table's complete single-image answers and the ones cut off).
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter
 from dataclasses import dataclass, field, replace
+from typing import Any
 
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 from pipeline.config import ConfigError, RunConfig
 from pipeline.endpoint.pacing import NAMES, UNITS
-from pipeline.endpoint.payloads import text_tokens
+from pipeline.endpoint.payloads import PromptSpec, text_tokens
+from pipeline.endpoint.schemas import least_answer
 from pipeline.files import source
+from pipeline.outcomes import ErrorClass, Status
 from pipeline.runs import plan
-from pipeline.runs.context import context
+from pipeline.runs.context import RunContext, context
 from pipeline.runs.prepare import prepare
 from pipeline.spark import get_spark
 from pipeline.tables import sink
@@ -40,6 +50,7 @@ class Estimate:
     packed: int = 1  # images per request
     note: str | None = None  # what the listing could not see, or skipped (links)
     limits: dict[str, int] = field(default_factory=dict)  # rpm, itpm, otpm, qph given
+    warnings: list[str] = field(default_factory=list)  # max_tokens below what answers need
 
     def minutes_at_limits(self) -> list[tuple[str, float]]:
         """(limit, minutes the run needs at it), the binding limit first. Output is counted
@@ -93,7 +104,110 @@ def estimate(config: RunConfig, spark: SparkSession | None = None) -> Estimate:
     if config.images_per_request > 1:  # packs of K; the byte limit may cut a few more
         result.requests = math.ceil(result.requests / config.images_per_request)
         result.packed = config.images_per_request
+    lengths = None
+    if ctx.tables is not None and result.sendable:
+        budget = ctx.spec.max_tokens // config.images_per_request
+        lengths = answer_lengths(spark.table(ctx.tables.captions),
+                                 _runs(spark, ctx.tables.runs, ctx.endpoint), ctx, budget)
+    result.warnings = max_tokens_warnings(ctx.spec, config.images_per_request, ctx.endpoint,
+                                          lengths)
     return result
+
+
+# Earlier answers are a guide once there are this many; a warning when more than this share
+# of them needed more than max_tokens allows (the p95 then lies above it).
+MIN_ANSWERS = 20
+LONGER_SHARE = 0.05
+
+
+@dataclass(frozen=True)
+class AnswerLengths:
+    """What earlier answers to the same prompt from the same endpoint needed."""
+
+    answers: int  # complete single-image answers that reported usage, and cut-off ones
+    longer: int  # of those, how many needed more tokens than the budget asked now
+    p95: int | None  # completion tokens of the complete ones, their 95th percentile
+
+
+def _runs(spark: SparkSession, runs_table: str, endpoint: str) -> list[dict[str, Any]]:
+    """The runs rows of `endpoint` (prompt_id, config_json): few, whatever the table."""
+    if not spark.catalog.tableExists(runs_table):
+        return []
+    rows = (spark.table(runs_table).filter(F.col("endpoint") == endpoint)
+            .select("prompt_id", "config_json").collect())
+    return [r.asDict() for r in rows]
+
+
+def same_prompt(spec: PromptSpec, ctx: RunContext,
+                runs: list[dict[str, Any]]) -> dict[str, int]:
+    """{prompt_id: its max_tokens} of the runs that asked the same question as this one (the
+    same prompt text, response schema file and caption field, not grouped) at any max_tokens;
+    this run's own prompt_id always."""
+    same = {ctx.prompt_id: spec.max_tokens}
+    for run in runs:
+        try:
+            config = json.loads(run.get("config_json") or "{}")
+        except ValueError:
+            continue
+        if (run.get("prompt_id") and config.get("prompt") == spec.prompt
+                and not config.get("group_by")
+                and config.get("response_schema") == ctx.config.response_schema
+                and config.get("caption_field", "caption") == spec.caption_field
+                and isinstance(config.get("max_tokens"), int)):
+            same[run["prompt_id"]] = config["max_tokens"]
+    return same
+
+
+def answer_lengths(captions: DataFrame, runs: list[dict[str, Any]], ctx: RunContext,
+                   budget: int) -> AnswerLengths:
+    """One aggregation over the captions rows of the same endpoint and prompt (any
+    max_tokens): the complete answers asked one image a request with the endpoint's usage
+    (a packed row's tokens are a share, not its answer's length), and those cut off at a
+    max_tokens of at least `budget` (they needed more than it)."""
+    same = same_prompt(ctx.spec, ctx, runs)
+    cut_at_least = [pid for pid, limit in same.items() if limit >= budget]
+    tokens = F.col("completion_tokens")
+    complete = ((F.col("status") == Status.OK.value) & (F.col("usage_source") == "endpoint")
+                & tokens.isNotNull())
+    cut = ((F.col("error_class") == ErrorClass.CUT_OFF.value)
+           & F.col("prompt_id").isin(cut_at_least))
+    row = (captions.filter((F.col("endpoint") == ctx.endpoint)
+                           & F.col("prompt_id").isin(list(same)))
+           .agg(F.sum(complete.cast("int")).alias("complete"),
+                F.sum((complete & (tokens > budget)).cast("int")).alias("longer"),
+                F.sum(cut.cast("int")).alias("cut"),
+                F.percentile_approx(F.when(complete, tokens), 0.95).alias("p95"))
+           .first())
+    complete_n, longer, cut_n = (int(row[k] or 0) if row else 0
+                                 for k in ("complete", "longer", "cut"))
+    p95 = row["p95"] if row and complete_n else None
+    return AnswerLengths(complete_n + cut_n, longer + cut_n, None if p95 is None else int(p95))
+
+
+def max_tokens_warnings(spec: PromptSpec, images: int, endpoint: str,
+                        lengths: AnswerLengths | None) -> list[str]:
+    """Why max_tokens looks too low for the answers asked, one line each; none when it is
+    not known to be. `images` answers share a request's max_tokens when packed."""
+    warnings = []
+    budget = spec.max_tokens // images
+    each = " for each image of a pack" if images > 1 else ""
+    if spec.response_schema is not None:
+        least = text_tokens(json.dumps(least_answer(spec.response_schema)))
+        if budget < least:
+            warnings.append(
+                f"--max-tokens {spec.max_tokens} leaves {budget} tokens{each}, fewer than even "
+                f"the shortest answer the response schema allows (about {least}): every "
+                "answer would be cut off")
+    if lengths is not None and lengths.answers >= MIN_ANSWERS \
+            and lengths.longer > LONGER_SHARE * lengths.answers:
+        typical = (f"the complete ones' p95 is {lengths.p95} tokens" if lengths.p95 is not None
+                   else "none was complete")
+        warnings.append(
+            f"{lengths.longer:,} of {lengths.answers:,} earlier answers to this prompt from "
+            f"{endpoint} needed more than the {budget} tokens --max-tokens {spec.max_tokens} "
+            f"leaves{each} ({typical}): about {lengths.longer / lengths.answers:.0%} of the "
+            "answers would be cut off; raise --max-tokens")
+    return warnings
 
 
 LIMIT_UNITS = {"rpm": "requests per minute", **UNITS}
@@ -128,5 +242,6 @@ def render(e: Estimate) -> str:
         rows.append(("at the limits", f"{e.sendable:,} images: " + "; ".join(timed)))
     if e.note:
         rows.append(("note", e.note))
+    rows += [("warning", text) for text in e.warnings]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)

@@ -217,8 +217,11 @@ async def ask(
 ) -> list[dict]:
     """CAPTIONED rows for `images`, asked in one request: with one answer for them all (one
     image, or `alone` for a group's images and prompt), or packed with an answer per image
-    index. A packed answer that does not map one-to-one is asked again image by image; what
-    the packed request cost is shared over its images either way."""
+    index. Each entry of a packed answer stands on its own: an image whose entry is missing,
+    cut off, unusable or off the schema is asked again alone (one single-image request, with
+    its own retries), the others keep theirs; when no entry can be trusted, or the packed
+    request failed in a way a smaller one may not, every image is asked alone. What the
+    packed request cost is shared over all its images either way."""
     spec = plan.spec
     if len(images) == 1 or alone:
         body = encode(chat_body(spec, images, plan.model))
@@ -230,26 +233,32 @@ async def ask(
     result = await client.call(body, functools.partial(parse_packed, count=count, spec=spec),
                                cost(packed_as, sum(tokens)))
     packed = result.answer
+    if packed is None and (result.deferred or result.error_class not in FALL_BACK):
+        return [failed_row(result, count) for _ in images]
+    rows: list[dict | None] = [None] * count
+    again = list(range(count))
+    paid: list[Usage] | None = None
     if packed is not None and packed.answers is not None:
         usage, source = packed.usage, "apportioned"
         if not usage.reported:  # estimated for the request (its prompt once), then shared
-            usage = estimated(packed_as, sum(tokens), packed.answers)
+            usage = estimated(packed_as, sum(tokens), [a for a in packed.answers if a])
             source = "estimated"
         shares = apportion_usage(usage, tokens)
         assert shares is not None  # usage has both counts
-        return [
-            _packed_row(result, spec, answer, share, token, count, source)
-            for answer, share, token in zip(packed.answers, shares, tokens, strict=True)
-        ]
-    if not result.ok and (result.deferred or result.error_class not in FALL_BACK):
-        return [failed_row(result, count) for _ in images]
-    singles = await asyncio.gather(*(ask(client, plan, [image], [t])
-                                     for image, t in zip(images, tokens, strict=True)))
-    paid = apportion_usage(packed.usage, tokens) if packed is not None else None
-    return [
-        _with_packed_attempt(rows[0], result, count, paid[i] if paid else None)
-        for i, rows in enumerate(singles)
-    ]
+        for i, answer in enumerate(packed.answers):
+            if answer is not None:
+                rows[i] = _packed_row(result, spec, answer, shares[i], tokens[i], count, source)
+        again = packed.again
+        paid = shares if source == "apportioned" else None
+    elif packed is not None:  # no entry trusted: what the request reported is shared
+        paid = apportion_usage(packed.usage, tokens)
+    singles = await asyncio.gather(*(ask(client, plan, [images[i]], [tokens[i]])
+                                     for i in again))
+    for i, single in zip(again, singles, strict=True):
+        rows[i] = _with_packed_attempt(single[0], result, count, paid[i] if paid else None)
+    done = [row for row in rows if row is not None]
+    assert len(done) == count  # every image answered in the pack or alone
+    return done
 
 
 def _packed_row(result: CallResult, spec: PromptSpec, answer: Any, share: Usage, token: int,

@@ -9,6 +9,7 @@ request-byte limits (conf/models.yml), measured on the prepared images.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -21,6 +22,7 @@ from pipeline.endpoint.payloads import (
     chat_body,
     encode,
     parse_answer,
+    structured_answer,
 )
 
 PACKED_FIELD = "answers"
@@ -91,62 +93,124 @@ def packed_spec(spec: PromptSpec, count: int) -> PromptSpec:
 
 @dataclass(frozen=True)
 class PackedAnswer:
-    """A packed response: one answer per image index when it maps one-to-one, else None."""
+    """A packed response, entry by entry.
 
-    answers: tuple[Answer, ...] | None
+    `answers` holds, per image index, its answer, or None when that image must be asked again
+    alone (its entry is missing, cut off, unusable or breaks the schema); `answers` itself is
+    None when no entry can be trusted (an index out of range or named twice: the model mixed
+    up the images), and every image is asked again alone."""
+
+    answers: tuple[Answer | None, ...] | None
     usage: Usage
-    problem: str | None = None  # why it does not map, in one sentence
+    problem: str | None = None  # why some or all entries are not used, in one sentence
+
+    @property
+    def again(self) -> list[int]:
+        """Positions (0-based) of the images to ask again alone."""
+        if self.answers is None:
+            return []
+        return [i for i, answer in enumerate(self.answers) if answer is None]
 
 
 def parse_packed(raw: bytes, count: int, spec: PromptSpec) -> PackedAnswer:
-    """Match a packed response to its `count` images by index.
+    """Match a packed response to its `count` images by index, and check each entry alone.
 
-    BadResponse (retried as any bad answer) when the body is not a usable JSON answer at all;
-    a PackedAnswer without answers when it is, but does not map one-to-one (a missing,
-    repeated or extra index, or an entry without a usable caption): those images are asked
-    again one by one.
-    """
+    BadResponse (retried as any bad answer) when the body is not a usable JSON answer at all.
+    Otherwise each entry stands on its own: one that is missing, has no usable caption or
+    breaks the response schema leaves its image to be asked again alone, the others are kept.
+    A pack cut off at max_tokens keeps the entries written in full before the cut (their JSON
+    object closed: their text ended by itself) and leaves the rest, the entry the cut fell in
+    and those never begun, to be asked alone, where each has max_tokens to itself. A refused
+    pack leaves every image to be asked alone: one image may be what the filter refused.
+    An index out of range or named twice means the model mixed the images up: no entry is
+    trusted (`answers` None)."""
     envelope = parse_answer(raw, PACKED_FIELD, structured=False)
-    try:
-        payload = json.loads(envelope.caption)
-    except ValueError:
-        raise BadResponse("The packed answer is not valid JSON.") from None
-    entries = payload.get(PACKED_FIELD) if isinstance(payload, dict) else None
-    if not isinstance(entries, list):
-        raise BadResponse(f"The packed answer has no list {PACKED_FIELD!r}.")
-    by_index: dict[int, Answer] = {}
+    if envelope.refused:
+        return PackedAnswer((None,) * count, envelope.usage,
+                            f"The packed answer was refused ({envelope.finish_reason}).")
+    if envelope.cut_off:
+        entries: list[Any] = complete_entries(envelope.caption)
+        finish: str | None = "stop"  # the entries kept closed before the cut
+    else:
+        try:
+            payload = json.loads(envelope.caption)
+        except ValueError:
+            raise BadResponse("The packed answer is not valid JSON.") from None
+        listed = payload.get(PACKED_FIELD) if isinstance(payload, dict) else None
+        if not isinstance(listed, list):
+            raise BadResponse(f"The packed answer has no list {PACKED_FIELD!r}.")
+        entries, finish = listed, envelope.finish_reason
+    by_index: dict[int, Answer | None] = {}
+    problems: list[str] = []
     for entry in entries:
         index = entry.get("index") if isinstance(entry, dict) else None
         if not isinstance(index, int) or isinstance(index, bool) or not 1 <= index <= count:
             return _unmatched(envelope, f"the answer names image {index!r} of {count}")
         if index in by_index:
             return _unmatched(envelope, f"the answer names image {index} twice")
-        answer = _entry_answer(entry, spec)
-        if answer is None:
-            return _unmatched(envelope, f"the entry for image {index} has no usable answer")
+        answer, problem = _entry_answer(entry, spec, finish)
         by_index[index] = answer
-    if len(by_index) != count:
-        missing = sorted(set(range(1, count + 1)) - set(by_index))
-        return _unmatched(envelope, f"the answer has no entry for image {missing[0]}")
-    return PackedAnswer(tuple(by_index[i] for i in range(1, count + 1)), envelope.usage)
+        if problem:
+            problems.append(f"the entry for image {index} {problem}")
+    missing = [i for i in range(1, count + 1) if i not in by_index]
+    if missing:
+        cut = " (cut off at max_tokens)" if envelope.cut_off else ""
+        problems.insert(0, f"the answer has no complete entry for image {missing[0]}{cut}")
+    problem = f"The packed answer: {'; '.join(problems)}." if problems else None
+    return PackedAnswer(tuple(by_index.get(i) for i in range(1, count + 1)), envelope.usage,
+                        problem)
+
+
+# Where the list of entries begins in a packed answer's text.
+_ENTRIES = re.compile(rf'"{PACKED_FIELD}"\s*:\s*\[')
+
+
+def complete_entries(text: str) -> list[Any]:
+    """The entries of a packed answer cut off mid-way that were written in full: each JSON
+    value of the list that closed before the text ends, in order."""
+    start = _ENTRIES.search(text)
+    if start is None:
+        return []
+    decoder, at = json.JSONDecoder(), start.end()
+    entries: list[Any] = []
+    while True:
+        at = _skip(text, at)
+        try:
+            value, at = decoder.raw_decode(text, at)
+        except ValueError:  # the entry the cut fell in (or the list's end)
+            return entries
+        entries.append(value)
+        at = _skip(text, at)
+        if not text.startswith(",", at):
+            return entries
+        at += 1
+
+
+def _skip(text: str, at: int) -> int:
+    while at < len(text) and text[at].isspace():
+        at += 1
+    return at
 
 
 def _unmatched(envelope: Answer, problem: str) -> PackedAnswer:
     return PackedAnswer(None, envelope.usage, f"The packed answer does not map: {problem}.")
 
 
-def _entry_answer(entry: dict[str, Any], spec: PromptSpec) -> Answer | None:
+def _entry_answer(entry: dict[str, Any], spec: PromptSpec,
+                  finish: str | None) -> tuple[Answer | None, str | None]:
+    """One entry's answer (with its own finish reason), or None and what is wrong with it."""
     no_usage = Usage(None, None, None)
     if spec.response_schema is None:
         caption = entry.get("caption")
         if not isinstance(caption, str) or not caption.strip():
-            return None
-        return Answer(caption.strip(), None, no_usage)
+            return None, "has no usable caption"
+        return Answer(caption.strip(), None, no_usage, finish), None
     answer = entry.get("answer")
-    if not isinstance(answer, dict) or not isinstance(answer.get(spec.caption_field), str):
-        return None
-    text = json.dumps(answer, ensure_ascii=False, sort_keys=True)
-    return Answer(answer[spec.caption_field], text, no_usage)
+    try:
+        caption, text = structured_answer(answer, spec.response_schema, spec.caption_field)
+    except BadResponse as exc:
+        return None, f"is no usable answer: {exc}"
+    return Answer(caption, text, no_usage, finish), None
 
 
 def apportion(total: int, weights: list[int]) -> list[int]:

@@ -166,18 +166,32 @@ def parse_answer(raw: bytes, caption_field: str, structured: bool,
     response_json = None
     caption = text.strip()
     if structured:
-        try:
-            parsed = json.loads(text)
-        except ValueError:
-            raise BadResponse("The structured answer is not valid JSON.") from None
-        if schema is not None and (problem := answer_problem(parsed, schema)):
-            raise SchemaMismatch(f"The answer breaks the response schema at {problem}")
-        if not isinstance(parsed, dict) or not isinstance(parsed.get(caption_field), str):
-            raise BadResponse(f"The structured answer has no string field {caption_field!r}.")
-        response_json = json.dumps(parsed, ensure_ascii=False, sort_keys=True)
-        caption = parsed[caption_field]
+        caption, response_json = structured_text(text, schema, caption_field)
     return Answer(caption=caption, response_json=response_json, usage=usage,
                   finish_reason=finish)
+
+
+def structured_text(text: str, schema: dict[str, Any] | None,
+                    caption_field: str) -> tuple[str, str]:
+    """(caption, canonical JSON) of a structured answer's text: BadResponse when it is no
+    JSON, SchemaMismatch when it breaks `schema`. The one check of a structured answer, for
+    answers read here and for those `ai_query` stored (pipeline/runs/sql.py)."""
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        raise BadResponse("The structured answer is not valid JSON.") from None
+    return structured_answer(parsed, schema, caption_field)
+
+
+def structured_answer(parsed: Any, schema: dict[str, Any] | None,
+                      caption_field: str) -> tuple[str, str]:
+    """(caption, canonical JSON) of a parsed structured answer (one image's, or one entry of
+    a packed answer): checked against the whole `schema` first, then for its caption field."""
+    if schema is not None and (problem := answer_problem(parsed, schema)):
+        raise SchemaMismatch(f"The answer breaks the response schema at {problem}")
+    if not isinstance(parsed, dict) or not isinstance(parsed.get(caption_field), str):
+        raise BadResponse(f"The structured answer has no string field {caption_field!r}.")
+    return parsed[caption_field], json.dumps(parsed, ensure_ascii=False, sort_keys=True)
 
 
 def _usage(payload: Any) -> Usage:

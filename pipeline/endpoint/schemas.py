@@ -44,6 +44,33 @@ def answer_problem(answer: Any, schema: dict[str, Any]) -> str | None:
     return _shorten(f"{_path(error.json_path)}: {error.message}")
 
 
+def least_answer(schema: Any) -> Any:
+    """The shortest value that fits `schema` as far as its required parts go (empty strings,
+    zeros, the shortest enum value, arrays at their minItems): what even the tersest
+    structured answer has to spell out, so a max_tokens below it cuts every answer off."""
+    if not isinstance(schema, dict):
+        return None
+    if "const" in schema:
+        return schema["const"]
+    if schema.get("enum"):
+        return min(schema["enum"], key=lambda value: len(json.dumps(value)))
+    kind = schema.get("type", "object" if "properties" in schema else None)
+    if isinstance(kind, list):  # e.g. ["string", "null"]: the null is shorter still
+        return None if "null" in kind else least_answer({**schema, "type": kind[0]})
+    if kind == "object":
+        properties = schema.get("properties") or {}
+        return {name: least_answer(properties.get(name)) for name in schema.get("required") or ()}
+    if kind == "array":
+        return [least_answer(schema.get("items")) for _ in range(schema.get("minItems") or 0)]
+    if kind == "string":
+        return "x" * int(schema.get("minLength") or 0)
+    if kind in ("integer", "number"):
+        return 0
+    if kind == "boolean":
+        return False
+    return None
+
+
 def _validator_class(schema: Any) -> type[Validator]:
     """The validator of the draft the schema names, Draft 2020-12 when it names none."""
     from jsonschema import validators

@@ -92,13 +92,50 @@ def refusal(key: str) -> str:
 def break_schema(content: str, schema: dict[str, Any], key: str, n: int,
                  ways: tuple[str, ...] = SCHEMA_BREAKS) -> tuple[str, str] | None:
     """(the answer broken one way, that way) among `ways` the schema's top-level properties
-    allow, chosen by (key, n); None when none applies (or the answer is no JSON object)."""
+    allow, chosen by (key, n); None when none applies (or the answer is no JSON object).
+
+    A packed answer (a list of entries with an `index`, pipeline/endpoint/packing.py) has one
+    entry broken, chosen by (key, n): its `answer` against the user's schema, or, in a plain
+    pack, the entry itself (its index is left alone, so the entry still names its image)."""
     try:
         answer = json.loads(content)
     except ValueError:
         return None
     if not isinstance(answer, dict):
         return None
+    packed = _packed_entries(answer, schema)
+    if packed is None:
+        way = _break(answer, schema, key, n, ways)
+    else:
+        entries, item = packed
+        entry = entries[int(uniform("entry", key, n) * len(entries))]
+        inner = (item.get("properties") or {}).get("answer")
+        if isinstance(inner, dict) and isinstance(entry.get("answer"), dict):
+            way = _break(entry["answer"], inner, key, n, ways)
+        else:
+            own = {**item, "properties": {k: v for k, v in (item.get("properties") or {}).items()
+                                          if k != "index"},
+                   "required": [r for r in item.get("required") or () if r != "index"]}
+            way = _break(entry, own, key, n, ways)
+    return None if way is None else (json.dumps(answer, ensure_ascii=False), way)
+
+
+def _packed_entries(answer: dict[str, Any],
+                    schema: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]] | None:
+    """(the entries, the schema of one) when `answer` is a packed answer to `schema`."""
+    for name, sub in (schema.get("properties") or {}).items():
+        items = sub.get("items") if isinstance(sub, dict) else None
+        entries = answer.get(name)
+        if (isinstance(items, dict) and "index" in (items.get("properties") or {})
+                and isinstance(entries, list) and entries
+                and all(isinstance(e, dict) for e in entries)):
+            return entries, items
+    return None
+
+
+def _break(answer: dict[str, Any], schema: dict[str, Any], key: str, n: int,
+           ways: tuple[str, ...]) -> str | None:
+    """Break `answer` in place one of `ways` its schema allows; the way, or None."""
     properties = schema.get("properties") or {}
     enums = [name for name, sub in properties.items() if isinstance(sub, dict)
              and sub.get("enum") and name in answer]
@@ -125,4 +162,4 @@ def break_schema(content: str, schema: dict[str, Any], key: str, n: int,
         answer[numbers[0]] = "many"
     else:
         del answer[required[0]]
-    return json.dumps(answer, ensure_ascii=False), way
+    return way

@@ -17,6 +17,11 @@ the same names, so the same template text runs in both places:
   JSON string, either a response_format object or a bare JSON schema. `files` is one BINARY
   (documented) or an ARRAY<BINARY> (sql/caption_groups.sql; not in the documentation we could
   check): each element becomes one image of the request, in order.
+  An answer is returned as the endpoint gave it, as the built-in returns the text only: one
+  cut off at max_tokens (a structured one is then no JSON), refused (its text, often empty)
+  or breaking the schema is a `result` like any other, with no error. No schema is checked
+  here; `vision-batch run --mode sql` checks structured answers after the template
+  (pipeline/runs/sql.py), which the bundle's SQL job and the notebook do not.
 """
 
 from __future__ import annotations
@@ -108,6 +113,8 @@ def ai_query_udf(credentials: Credentials, config: RunConfig):
             for endpoint, _ in rows:
                 if endpoint not in by_endpoint:
                     by_endpoint[endpoint] = await CaptionClient(settings_for(endpoint)).__aenter__()
+            # Read as plain text whatever was asked: how the answer ended, and its shape,
+            # are not ai_query's to judge (see the module docstring).
             return await asyncio.gather(
                 *(by_endpoint[e].call(body, caption_parser("result", False)) for e, body in rows)
             )

@@ -169,8 +169,11 @@ def _stream(captions: DataFrame) -> Iterator[dict[str, Any]]:
     # request_share is optional: tables written before it have attempts only.
     share = (F.col("request_share") if "request_share" in captions.columns
              else F.lit(None).cast("double")).alias("request_share")
-    narrow = captions.select(*TALLY_COLUMNS, share, F.col("processed_at").cast("double")
-                             .alias("processed_at"))
+    # finish_reason too: tables written before #27 have none.
+    finish = (F.col("finish_reason") if "finish_reason" in captions.columns
+              else F.lit(None).cast("string")).alias("finish_reason")
+    narrow = captions.select(*TALLY_COLUMNS, share, finish, F.col("processed_at")
+                             .cast("double").alias("processed_at"))
     for row in narrow.toLocalIterator():
         yield row.asDict()
 

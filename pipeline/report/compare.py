@@ -20,9 +20,10 @@ from pipeline.images.limits import Catalog
 from pipeline.outcomes import Status
 from pipeline.percentiles import percentile
 from pipeline.report.charts import esc
+from pipeline.report.page import CHECKED_HEADS, _csp_hash, _file_name, _money, checked_cells
 from pipeline.report.page import CSS as REPORT_CSS
-from pipeline.report.page import _csp_hash, _file_name, _money
 from pipeline.report.thumbnails import Preview
+from pipeline.report.totals import Checked
 
 # What the page reads of each captions row.
 COLUMNS = ("path", "endpoint", "prompt_id", "status", "error_class", "caption",
@@ -89,10 +90,12 @@ class Summary:
     input_tokens: list[int] = field(default_factory=list)  # per paid ok row
     output_tokens: list[int] = field(default_factory=list)
     latencies: list[int] = field(default_factory=list)  # per paid row
+    checked: Checked = field(default_factory=Checked)  # answers that are no caption
 
     def add(self, row: Mapping[str, Any]) -> None:
         self.files += 1
         self.statuses[row["status"]] += 1
+        self.checked.add(row)
         if not row.get("attempts"):
             return  # never sent, or reused an answer: it paid nothing
         if row.get("latency_ms") is not None:
@@ -167,7 +170,8 @@ def _thumb(found: Preview | bytes | None, path: str) -> str:
 def summary_table(pairs: list[Pair], sums: Mapping[Pair, Summary], prompts: Mapping[str, str],
                   catalog: Catalog) -> str:
     head = ("<tr><th>endpoint</th><th>prompt</th><th>files</th><th>ok</th><th>invalid</th>"
-            "<th>failed</th><th>input tokens / image</th><th>output tokens / image</th>"
+            f"<th>failed</th>{CHECKED_HEADS}<th>input tokens / image</th>"
+            "<th>output tokens / image</th>"
             "<th>latency p50</th><th>latency p95</th><th>cost / 1,000 images</th></tr>")
     body = []
     for pair in pairs:
@@ -191,6 +195,7 @@ def summary_table(pairs: list[Pair], sums: Mapping[Pair, Summary], prompts: Mapp
             f'<td><code>{esc(pair.prompt_id)}</code><br>{esc(prompt)}</td>'
             f'<td>{s.files:,}</td><td>{s.statuses[Status.OK]:,}</td>'
             f'<td>{s.statuses[Status.INVALID]:,}</td><td>{s.statuses[Status.FAILED]:,}</td>'
+            f"{checked_cells(s.checked)}"
             f'<td class="in">{num(mean_in)}</td><td class="out">{num(mean_out)}</td>'
             f'<td>{num(percentile(s.latencies, 0.5), " ms")}</td>'
             f'<td>{num(percentile(s.latencies, 0.95), " ms")}</td><td>{cost}</td></tr>')

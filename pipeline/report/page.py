@@ -29,7 +29,7 @@ from pipeline.report.sampling import (
     tally,
 )
 from pipeline.report.thumbnails import NOT_READ, Preview, _as_preview, image_size
-from pipeline.report.totals import FamilyCost, Totals, costs, utc
+from pipeline.report.totals import CHECKED, Checked, FamilyCost, Totals, costs, utc
 
 # The issue's bound is 20 MB; thumbnails stop being embedded before the page passes this.
 PAGE_BUDGET_BYTES = 19_000_000
@@ -72,6 +72,7 @@ table.runs .l { text-align: left; }
 table.runs .ep { white-space: normal; overflow-wrap: anywhere; }
 table.runs tr:last-child td { border-bottom: 0; }
 table.runs tr.selected td { background: #fff8c5; }
+td.bad { color: var(--failed); font-weight: 600; }
 .charts { display: grid; grid-template-columns: repeat(auto-fit, minmax(480px, 1fr));
   gap: 16px; }
 .chart { margin: 0; padding: 12px 14px; }
@@ -247,6 +248,42 @@ def _cost_box(family_costs: list[FamilyCost]) -> str:
     return _figure_box("estimated cost", value, detail, "wide")
 
 
+CHECKED_HEADS = "".join(f"<th>{esc(c.value.replace('_', ' '))}</th>" for c in CHECKED)
+
+
+def checked_cells(checked: Checked) -> str:
+    """One cell per class of answer that is no caption: its rows and their share of those
+    sent, marked when there are any."""
+    cells = []
+    for error_class in CHECKED:
+        count, share = checked.classes[error_class], checked.share(error_class)
+        text = "–" if share is None else f"{count:,} ({share:.1%})"
+        css = ' class="bad"' if count else ""
+        cells.append(f"<td{css}>{esc(text)}</td>")
+    return "".join(cells)
+
+
+def checked_table(totals: Totals) -> str:
+    """Per endpoint and prompt: the rows sent, and how many answers were cut off at
+    max_tokens, refused, or broke the response schema (README, "Answers checked")."""
+    if not totals.checked:
+        return ""
+    head = (f"<tr><th class='l'>endpoint</th><th class='l'>prompt</th><th>rows sent</th>"
+            f"{CHECKED_HEADS}<th class='l'>finish reasons</th></tr>")
+    body = "".join(
+        f"<tr><td class='l ep'>{esc(endpoint)}</td><td class='l'><code>{esc(prompt)}</code>"
+        f"</td><td>{c.sent:,}</td>{checked_cells(c)}<td class='l'>"
+        + esc(" · ".join(f"{k} {n:,}" for k, n in c.finish_reasons.most_common()) or "–")
+        + "</td></tr>"
+        for (endpoint, prompt), c in sorted(totals.checked.items()))
+    note = ('<p class="note">Answers that came but are no caption, as a share of the rows sent: '
+            "cut off at max_tokens (raise --max-tokens and run again), refused by the model or "
+            "its guard, or breaking the response schema after every attempt. The SQL path "
+            "cannot tell a cut-off plain answer from a complete one.</p>")
+    return (f'<h2>Answers checked</h2><div class="wrap"><table class="runs checked">{head}'
+            f"{body}</table></div>{note}")
+
+
 def runs_table(runs: Sequence[Mapping[str, Any]], selected: str | None) -> str:
     if not runs:
         return '<p class="note">No run recorded in the runs table.</p>'
@@ -259,7 +296,7 @@ def runs_table(runs: Sequence[Mapping[str, Any]], selected: str | None) -> str:
     head = ("<tr><th class='l'>run</th><th class='l'>started (UTC)</th><th>seconds</th>"
             "<th class='l'>status</th><th class='l'>mode</th><th class='l'>endpoint</th>"
             "<th>listed</th><th>skipped</th><th>ok</th><th>invalid</th><th>failed</th>"
-            "<th>requests</th><th>retries</th><th>images/s</th></tr>")
+            "<th>cut off</th><th>requests</th><th>retries</th><th>images/s</th></tr>")
     body = []
     for r in shown:
         started, ended = r.get("started_at"), r.get("ended_at")
@@ -278,8 +315,8 @@ def runs_table(runs: Sequence[Mapping[str, Any]], selected: str | None) -> str:
             f"<td>{seconds}</td><td class='l'>{esc(r.get('status'))}</td>"
             f"<td class='l'>{esc(r.get('mode'))}</td><td class='l ep'>{esc(r.get('endpoint'))}</td>"
             + "".join(f"<td>{esc(num(k))}</td>" for k in (
-                "listed", "skipped", "ok", "invalid", "failed", "requests", "retries",
-                "images_per_s")) + "</tr>")
+                "listed", "skipped", "ok", "invalid", "failed", "cut_off", "requests",
+                "retries", "images_per_s")) + "</tr>")
     more = (f'<p class="note">{len(runs):,} runs recorded; the {RUNS_LISTED} latest are listed.'
             "</p>" if len(runs) > len(shown) else "")
     return f'<div class="wrap"><table class="runs">{head}{"".join(body)}</table></div>{more}'
@@ -426,6 +463,7 @@ def page(totals: Totals, gallery_rows: Sequence[Mapping[str, Any]], previews: Ma
               f'<p class="sub">{esc(scope.table)} · {esc(what)} · generated '
               f"{esc(f'{when:%Y-%m-%d %H:%M:%S}')} UTC</p></div></header>")
     top = (figures(totals, run, costs(totals.paid, catalog), scope)
+           + checked_table(totals)
            + "<h2>Runs</h2>" + runs_table(runs, scope.run_id)
            + '<h2>Charts</h2><div class="charts">' + "".join(charts(totals)) + "</div>")
     head = (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'

@@ -14,7 +14,11 @@ from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
 from pipeline.images.limits import Catalog, Price
-from pipeline.outcomes import Status
+from pipeline.outcomes import ErrorClass, Status
+
+# Answers that came but are no caption (issue #27), shown per endpoint and prompt: the reader
+# of a report or a comparison should see them before trusting the captions.
+CHECKED = (ErrorClass.CUT_OFF, ErrorClass.REFUSED, ErrorClass.SCHEMA_MISMATCH)
 
 
 @dataclass
@@ -38,6 +42,28 @@ class Usage:
 
 
 @dataclass
+class Checked:
+    """Of the rows sent to the model (ok or failed; never the invalid ones), how many were
+    answered with something that is no caption, by class (CHECKED)."""
+
+    sent: int = 0
+    classes: Counter = field(default_factory=Counter)
+    finish_reasons: Counter = field(default_factory=Counter)  # as the endpoint said them
+
+    def add(self, row: Mapping[str, Any]) -> None:
+        if row.get("status") not in (Status.OK, Status.FAILED):
+            return
+        self.sent += 1
+        if row.get("error_class") in CHECKED:
+            self.classes[row["error_class"]] += 1
+        if row.get("finish_reason"):
+            self.finish_reasons[row["finish_reason"]] += 1
+
+    def share(self, error_class: str) -> float | None:
+        return self.classes[error_class] / self.sent if self.sent else None
+
+
+@dataclass
 class Totals:
     """What the figures and charts need from every row, in one pass and bounded memory
     (counters, and one int per request for the latency and token distributions)."""
@@ -53,6 +79,7 @@ class Totals:
     image_tokens: list[int] = field(default_factory=list)  # estimated, rows that were sent
     processed: Counter = field(default_factory=Counter)  # processed_at (UTC) -> rows
     targets: set = field(default_factory=set)  # distinct (endpoint, prompt_id)
+    checked: dict[tuple[str, str], Checked] = field(default_factory=dict)  # by the same pair
 
     def add(self, row: Mapping[str, Any]) -> None:
         status = row.get("status")
@@ -61,7 +88,9 @@ class Totals:
         if status != Status.OK:
             self.errors[(status, row.get("error_class") or "(none)")] += 1
         endpoint = row.get("endpoint") or ""
+        target = (endpoint, str(row.get("prompt_id") or ""))
         self.targets.add((endpoint, row.get("prompt_id")))
+        self.checked.setdefault(target, Checked()).add(row)
         attempts = row.get("attempts") or 0
         if attempts > 0:
             usage = self.paid.setdefault(endpoint, Usage())

@@ -4,6 +4,13 @@ The same template text a SQL notebook or SQL task runs; this module only binds i
 parameters from the run's configuration and, off Databricks, registers the local stand-ins
 for `read_files` and `ai_query` (pipeline/local/sql_functions.py).
 
+`ai_query` stores a structured answer as the endpoint gave it; it does not say how an answer
+ended (no finish_reason) and checks no schema. So right after the template, the answers this
+run wrote `ok` are checked as the UDF path checks them (`answer_check`, the same
+pipeline/endpoint/payloads.py and schemas.py, in a Spark UDF), and those that fail become
+failed rows (sql/fail_answers.sql): `schema_mismatch` with the validator's message, or
+`bad_response` for an answer that is no JSON (a cut-off one is such an answer).
+
 With `--group-by` the template is sql/caption_groups.sql: one answer per group into
 `<table>_groups` and no rows in the captions table, so the run's totals come from the groups
 it wrote (`summarize_groups`): each file of a group counts under its group's status.
@@ -20,11 +27,13 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from pipeline.endpoint.packing import request_room
+from pipeline.endpoint.payloads import BadResponse, SchemaMismatch, structured_text
 from pipeline.endpoint.prompt_ids import group_pattern
 from pipeline.errors import RunError
 from pipeline.files.source import InputError, Listing
 from pipeline.images.prepare import target_size
 from pipeline.local import sql_functions
+from pipeline.outcomes import ErrorClass
 from pipeline.resources import sql_text
 from pipeline.runs.context import RunContext, RunResult
 from pipeline.spark import on_databricks
@@ -121,11 +130,59 @@ def caption(
             raise SqlPathError(NO_AI_QUERY) from None
         raise
     result.timeline.append((1, "statement", began, result.tick()))
+    if not grouped and ctx.spec.response_schema is not None:
+        progress("checking the structured answers against --response-schema")
+        fail_unusable(spark, ctx)
     if grouped:
         summarize_groups(spark, ctx, result)
     else:
         summarize(spark, ctx, result)
     result.skipped = result.listed - result.written
+
+
+# What a structured answer that is no JSON gets added on this path, where nothing says why.
+NO_FINISH_REASON = (" ai_query does not say how an answer ended: if it was cut off at "
+                    "max_tokens, raise --max-tokens and run again.")
+
+
+def answer_check(text: str | None, schema: dict[str, Any],
+                 caption_field: str) -> tuple[str, str] | None:
+    """(error class, message) for a structured answer `ai_query` stored that the UDF path
+    would not have kept, or None when it would."""
+    if text is None:
+        return None
+    try:
+        structured_text(text, schema, caption_field)
+    except SchemaMismatch as exc:
+        return ErrorClass.SCHEMA_MISMATCH.value, str(exc)
+    except BadResponse as exc:
+        return ErrorClass.BAD_RESPONSE.value, f"{exc}{NO_FINISH_REASON}"
+    return None
+
+
+def fail_unusable(spark: SparkSession, ctx: RunContext) -> None:
+    """Check the structured answers this run wrote `ok` (in a Spark UDF, where the rows are)
+    and fail those `answer_check` refuses (sql/fail_answers.sql)."""
+    assert ctx.tables is not None and ctx.spec.response_schema is not None
+    schema, field = ctx.spec.response_schema, ctx.spec.caption_field
+
+    @F.udf("struct<error_class:string,error_message:string>")
+    def check(text: str | None) -> tuple[str, str] | None:
+        return answer_check(text, schema, field)
+
+    checked = (spark.table(ctx.tables.captions)
+               .filter((F.col("run_id") == ctx.run_id) & (F.col("status") == "ok"))
+               .select("path", check("response_json").alias("problem"))
+               .filter(F.col("problem").isNotNull())
+               .select("path", "problem.error_class", "problem.error_message"))
+    view = f"vision_batch_checked_{ctx.run_id.replace('-', '_')}"
+    checked.createOrReplaceTempView(view)
+    try:
+        spark.sql(sql_text("fail_answers.sql"),
+                  args={"table": ctx.tables.captions, "checked": view, "endpoint": ctx.endpoint,
+                        "prompt_id": ctx.prompt_id, "run_id": ctx.run_id})
+    finally:
+        spark.catalog.dropTempView(view)
 
 
 def summarize(spark: SparkSession, ctx: RunContext, result: RunResult) -> None:

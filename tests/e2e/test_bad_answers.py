@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 
 import pytest
 
@@ -118,3 +119,104 @@ def test_the_endpoint_picks_the_same_bad_answers_as_its_rule_says(serve) -> None
     # The same bodies again: the same answers (a rerun is cut the same way at that max_tokens).
     again = ask_all(endpoint.url, creds, PLAIN, pictures)
     assert [r["error_class"] for r in again] == [r["error_class"] for r in rows]
+
+
+# -- issue #27, "done when": 300 photos each, 15% of answers bad ----------------------------
+
+def asked_as_a_run_asks(url: str, creds, spec: PromptSpec, pictures: list[bytes]) -> list[dict]:
+    """Every picture's row, asked through the driver caller's layer (CallPlan units, the real
+    client, a run's concurrency and attempts) against the real server."""
+    from pipeline.endpoint.asking import Member
+    from pipeline.endpoint.client import CaptionClient
+
+    settings = ClientSettings(f"{url}/serving-endpoints/ep/invocations", creds, timeout_s=10.0,
+                              max_attempts=3, concurrency=8, backoff_base_s=0.01)
+    plan = CallPlan(settings, spec, None)
+    members = [Member(f"/in/{i}.jpg", "image/jpeg", p, 50) for i, p in enumerate(pictures)]
+
+    async def go() -> list[dict]:
+        async with CaptionClient(settings) as client:
+            done = await asyncio.gather(*(plan.ask(client, unit) for unit in plan.units(members)))
+        return [row for rows in done for row in rows]
+
+    return asyncio.run(go())
+
+
+def three_hundred() -> list[bytes]:
+    return [files.jpeg(20 + i % 30, 16 + i // 30) for i in range(300)]
+
+
+def test_done_when_no_cut_off_caption_is_stored_as_a_complete_one(serve) -> None:
+    from pipeline.local.describer import caption, measure
+
+    pictures = three_hundred()
+    endpoint, creds = serve(bad_answers=BadAnswers(rate_cut_off=0.15, seed=27))
+    rows = asked_as_a_run_asks(endpoint.url, creds, PLAIN, pictures)
+    cut = endpoint.stats()["bad_answers"]["cut_off"]
+    ok = [(r, p) for r, p in zip(rows, pictures, strict=True) if r["status"] == Status.OK]
+    failed = [r for r in rows if r["status"] != Status.OK]
+    print(f"\nplain: 300 photos, {cut} answers cut off by the endpoint; {len(ok)} ok, "
+          f"{len(failed)} failed cut_off")
+    assert 30 <= cut <= 60  # about 15%
+    # Every ok caption is the whole answer; every cut one is a failed row that says so.
+    assert all(r["caption"] == caption(measure(p)) and r["finish_reason"] == "stop"
+               for r, p in ok)
+    assert len(failed) == cut
+    assert all((r["error_class"], r["finish_reason"], r["caption"]) ==
+               (ErrorClass.CUT_OFF, "length", None) for r in failed)
+
+
+def test_done_when_no_ok_row_breaks_the_schema_and_95_percent_end_ok(serve) -> None:
+    from jsonschema import Draft202012Validator
+
+    endpoint, creds = serve(bad_answers=BadAnswers(rate_schema_break=0.15, seed=27))
+    rows = asked_as_a_run_asks(endpoint.url, creds, STRUCTURED, three_hundred())
+    broken = endpoint.stats()["bad_answers"]["schema_break"]
+    ok = [r for r in rows if r["status"] == Status.OK]
+    failed = [r for r in rows if r["status"] != Status.OK]
+    print(f"\nstructured: 300 photos, {broken} answers broke the schema; {len(ok)} ok "
+          f"({sum(r['attempts'] > 1 for r in ok)} after asking again), {len(failed)} failed "
+          f"schema_mismatch; {endpoint.stats()['requests']} requests")
+    assert 35 <= broken <= 75  # about 15% of the first answers, and some of the second
+    validator = Draft202012Validator(SCHEMA)  # checked here by the library itself
+    assert all(validator.is_valid(json.loads(r["response_json"])) for r in ok)
+    assert len(ok) >= 0.95 * 300
+    assert all(r["error_class"] == ErrorClass.SCHEMA_MISMATCH and r["attempts"] == 3
+               and r["error_message"].startswith("The answer breaks the response schema at $")
+               for r in failed)
+
+
+# -- groups: one answer per group, checked as one image's is ----------------------------------
+
+@pytest.mark.parametrize(
+    ("bad", "spec", "error_class", "finish_reason", "attempts"),
+    [(BadAnswers(rate_cut_off=1.0), PLAIN, ErrorClass.CUT_OFF, "length", 1),
+     (BadAnswers(rate_refusal=1.0), PLAIN, ErrorClass.REFUSED, "content_filter", 1),
+     (BadAnswers(rate_schema_break=1.0), STRUCTURED, ErrorClass.SCHEMA_MISMATCH, None, 3)],
+    ids=["cut-off", "refused", "schema-break"],
+)
+def test_a_group_answer_cut_off_refused_or_off_the_schema_fails_the_group_and_its_members(
+    serve, bad, spec, error_class, finish_reason, attempts
+) -> None:
+    from pipeline.endpoint.asking import Member, ask_group
+    from pipeline.endpoint.client import CaptionClient
+    from pipeline.endpoint.groups import group_row, member_results
+
+    endpoint, creds = serve(bad_answers=bad)
+    settings = ClientSettings(f"{endpoint.url}/serving-endpoints/ep/invocations", creds,
+                              timeout_s=5.0, max_attempts=3, concurrency=2, backoff_base_s=0.01)
+    plan = CallPlan(settings, spec, None, max_request_bytes=4_000_000, group_images=5)
+    members = [Member(f"/in/g/{i}.jpg", "image/jpeg", p, 50, "/in/g")
+               for i, p in enumerate(images(3))]
+
+    async def go() -> list[dict]:
+        async with CaptionClient(settings) as client:
+            return await ask_group(client, plan, "/in/g", members)
+
+    [part] = asyncio.run(go())
+    group = group_row("/in/g", [m.path for m in members], "fp", [part])
+    assert (group["status"], group["error_class"], group["answer"]) == (
+        Status.FAILED, error_class, None)
+    rows = member_results(part)
+    assert [(r["status"], r["error_class"], r["finish_reason"], r["attempts"]) for r in rows] \
+        == [(Status.FAILED, error_class, finish_reason, attempts)] * 3

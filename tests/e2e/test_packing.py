@@ -4,6 +4,7 @@ single-image requests, usage shared so the rows add up to what the endpoint char
 from __future__ import annotations
 
 import asyncio
+import json
 
 import httpx
 
@@ -11,7 +12,10 @@ from pipeline.endpoint.asking import CallPlan, ask
 from pipeline.endpoint.client import CaptionClient, ClientSettings
 from pipeline.endpoint.packing import packed_spec
 from pipeline.endpoint.payloads import PromptSpec, chat_body, encode
+from pipeline.endpoint.schemas import answer_problem
 from pipeline.local import describer
+from pipeline.local.bad_answers import BadAnswers
+from pipeline.outcomes import ErrorClass, Status
 from tests import files
 
 SPEC = PromptSpec("Write alt text.", max_tokens=400)
@@ -19,11 +23,11 @@ IMAGES = [("image/jpeg", files.jpeg(40 + 7 * i, 30 + i)) for i in range(4)]
 TOKENS = [100, 300, 50, 550]
 
 
-def ask_all(endpoint, creds, images=IMAGES, tokens=TOKENS) -> list[dict]:
+def ask_all(endpoint, creds, images=IMAGES, tokens=TOKENS, spec=SPEC) -> list[dict]:
     url = f"{endpoint.url}/serving-endpoints/ep/invocations"
     settings = ClientSettings(url, creds, timeout_s=5.0, max_attempts=2, concurrency=4,
                               backoff_base_s=0.01)
-    plan = CallPlan(settings, SPEC, None, tasks=1, images_per_request=len(images),
+    plan = CallPlan(settings, spec, None, tasks=1, images_per_request=len(images),
                     max_request_bytes=4_000_000)
 
     async def go() -> list[dict]:
@@ -66,16 +70,24 @@ def test_answers_in_the_wrong_order_still_land_on_their_rows(serve) -> None:
     assert [r["caption"] for r in rows] == expected_captions()
 
 
-def test_a_missing_or_extra_index_falls_back_to_one_request_per_image(serve) -> None:
-    for how in ("missing", "extra"):
-        endpoint, creds = serve(packed_answers=how)
-        rows = ask_all(endpoint, creds)
-        assert endpoint.stats()["requests"] == 1 + len(IMAGES), how
-        assert [r["caption"] for r in rows] == expected_captions(), how
-        # Each row took part in the packed request and its own: both are counted and paid.
-        assert all(r["attempts"] == 2 and r["request_share"] == 1.25 for r in rows), how
-        assert all(r["usage_source"] == "apportioned" for r in rows), how
-        assert sum(r["request_share"] for r in rows) == endpoint.stats()["requests"]
+def test_an_extra_index_falls_back_to_one_request_per_image(serve) -> None:
+    endpoint, creds = serve(packed_answers="extra")
+    rows = ask_all(endpoint, creds)
+    assert endpoint.stats()["requests"] == 1 + len(IMAGES)
+    assert [r["caption"] for r in rows] == expected_captions()
+    # Each row took part in the packed request and its own: both are counted and paid.
+    assert all(r["attempts"] == 2 and r["request_share"] == 1.25 for r in rows)
+    assert all(r["usage_source"] == "apportioned" for r in rows)
+    assert sum(r["request_share"] for r in rows) == endpoint.stats()["requests"]
+
+
+def test_a_missing_entry_is_asked_alone_and_the_others_keep_theirs(serve) -> None:
+    endpoint, creds = serve(packed_answers="missing")
+    rows = ask_all(endpoint, creds)
+    assert endpoint.stats()["requests"] == 2
+    assert [r["caption"] for r in rows] == expected_captions()
+    assert [r["attempts"] for r in rows] == [1, 1, 1, 2]
+    assert sum(r["request_share"] for r in rows) == endpoint.stats()["requests"]
 
 
 def test_a_packed_request_the_endpoint_refuses_is_asked_image_by_image(serve) -> None:
@@ -86,3 +98,56 @@ def test_a_packed_request_the_endpoint_refuses_is_asked_image_by_image(serve) ->
     assert stats["by_status"] == {"400": 1, "200": 6}
     assert [r["status"] for r in rows] == ["ok"] * 6
     assert all(r["error_class"] is None and r["attempts"] == 2 for r in rows)
+
+
+# -- a bad entry in a pack (issue #27) -------------------------------------------------------
+
+def test_one_entry_off_the_schema_is_asked_alone_and_the_others_are_kept(serve) -> None:
+    # A plain pack answers to the pipeline's own entry schema: one entry loses its caption.
+    # The image asked alone is a plain request, which no schema break touches.
+    endpoint, creds = serve(bad_answers=BadAnswers(rate_schema_break=1.0))
+    rows = ask_all(endpoint, creds)
+    assert endpoint.stats()["requests"] == 2
+    assert endpoint.stats()["bad_answers"]["schema_break"] == 1
+    assert [r["caption"] for r in rows] == expected_captions()
+    assert sorted(r["attempts"] for r in rows) == [1, 1, 1, 2]
+    assert all(r["status"] == Status.OK and r["finish_reason"] == "stop" for r in rows)
+
+
+def test_a_structured_entry_that_keeps_breaking_the_schema_fails_alone(serve) -> None:
+    spec = PromptSpec("Describe.", max_tokens=400, response_schema=files.ANSWER_SCHEMA)
+    endpoint, creds = serve(bad_answers=BadAnswers(rate_schema_break=1.0))
+    rows = ask_all(endpoint, creds, spec=spec)
+    # The pack, then the broken entry's image alone: broken again at each of its 2 attempts.
+    assert endpoint.stats()["requests"] == 1 + 2
+    failed = [r for r in rows if r["status"] != Status.OK]
+    assert len(failed) == 1 and failed[0]["error_class"] == ErrorClass.SCHEMA_MISMATCH
+    assert failed[0]["attempts"] == 3 and failed[0]["response_json"] is None
+    assert failed[0]["error_message"].startswith("The answer breaks the response schema at $")
+    for row in rows:
+        if row["status"] == Status.OK:
+            assert answer_problem(json.loads(row["response_json"]), files.ANSWER_SCHEMA) is None
+
+
+def test_a_pack_cut_off_keeps_its_whole_entries_and_asks_the_rest_alone(serve) -> None:
+    endpoint, creds = serve(bad_answers=BadAnswers(rate_cut_off=1.0))
+    rows = ask_all(endpoint, creds)
+    kept = [(r, whole) for r, whole in zip(rows, expected_captions(), strict=True)
+            if r["status"] == Status.OK]
+    cut = [r for r in rows if r["status"] != Status.OK]
+    assert kept and cut  # the cut fell inside the pack: some entries were whole
+    # A kept caption is the whole caption, never the cut one; it ended by itself.
+    assert all(r["caption"] == whole and r["finish_reason"] == "stop" and r["attempts"] == 1
+               for r, whole in kept)
+    # The rest were asked alone (and cut again there: this endpoint cuts every answer).
+    assert endpoint.stats()["requests"] == 1 + len(cut)
+    assert all((r["error_class"], r["finish_reason"], r["attempts"]) ==
+               (ErrorClass.CUT_OFF, "length", 2) for r in cut)
+
+
+def test_a_refused_pack_is_asked_image_by_image(serve) -> None:
+    endpoint, creds = serve(bad_answers=BadAnswers(rate_refusal=1.0))
+    rows = ask_all(endpoint, creds)
+    assert endpoint.stats()["requests"] == 1 + len(IMAGES)
+    assert all((r["status"], r["error_class"], r["finish_reason"]) ==
+               (Status.FAILED, ErrorClass.REFUSED, "content_filter") for r in rows)

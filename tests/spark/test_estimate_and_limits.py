@@ -77,3 +77,37 @@ def test_size_limits_are_decided_from_the_listing(spark, serve, run_config, tmp_
     assert rows["forty megabytes of noise.jpg"].content_sha256 is not None
     assert rows["ok.jpg"].status == "ok"
     assert endpoint.stats()["requests"] == 1
+
+
+def test_earlier_answers_to_the_same_prompt_say_what_a_lower_max_tokens_would_cut(
+    spark, run_config, tmp_path
+) -> None:
+    import json
+
+    from pipeline.estimate import answer_lengths
+    from pipeline.runs.context import context
+
+    cfg = run_config(tmp_path, endpoint="ep", max_tokens=100)
+    ctx = context(cfg)
+    old = {"prompt": cfg.prompt, "max_tokens": 300, "caption_field": "caption"}
+    runs = [{"prompt_id": "old", "config_json": json.dumps(old)},
+            {"prompt_id": "other", "config_json": json.dumps({**old, "prompt": "Tags?"})}]
+    rows = (
+        # At max_tokens 300: 40 complete answers of 50..245 tokens, 2 cut off at 300.
+        [("ep", "old", "ok", None, "endpoint", 50 + 5 * i) for i in range(40)]
+        + [("ep", "old", "failed", "cut_off", "endpoint", 300)] * 2
+        # Not answers to this prompt, or not one answer's length: left out.
+        + [("ep", "other", "ok", None, "endpoint", 900)] * 5
+        + [("ep", "old", "ok", None, "apportioned", 900)] * 5
+        + [("other-ep", "old", "ok", None, "endpoint", 900)] * 5
+        # This prompt_id (max_tokens 100): 1 cut off, which says only "more than 100".
+        + [("ep", ctx.prompt_id, "failed", "cut_off", "endpoint", 100)])
+    captions = spark.createDataFrame(rows, "endpoint STRING, prompt_id STRING, status STRING, "
+                                           "error_class STRING, usage_source STRING, "
+                                           "completion_tokens INT")
+    lengths = answer_lengths(captions, runs, ctx, 100)
+    # Longer than 100: the 29 complete ones of 105..245, both cut at 300, the one cut at 100.
+    assert (lengths.answers, lengths.longer) == (43, 32)
+    assert 230 <= lengths.p95 <= 245
+    # Asked at 400 a request for packs of 2 (200 each): only the two cut at 300 count.
+    assert answer_lengths(captions, runs, ctx, 200).longer == 9 + 2

@@ -218,3 +218,20 @@ def test_the_run_counts_finish_reasons_and_the_summary_names_the_setting_to_rais
     clean = RunResult("r", "t", max_tokens=300)
     clean.add([ok])
     assert "cut off" not in cli.summary(clean)
+
+
+# -- the SQL path: what ai_query stored, checked after the template ---------------------------
+
+def test_the_sql_path_checks_a_stored_answer_as_the_udf_path_checks_one() -> None:
+    from pipeline.runs.sql import NO_FINISH_REASON, answer_check
+
+    assert answer_check(json.dumps(GOOD), SCHEMA, "caption") is None
+    assert answer_check(None, SCHEMA, "caption") is None  # no answer: nothing to check
+    assert answer_check(json.dumps({**GOOD, "category": "not-product"}), SCHEMA, "caption") == (
+        "schema_mismatch", "The answer breaks the response schema at $.category: "
+        "'not-product' is not one of ['product', 'document', 'scene', 'other']")
+    assert answer_check('{"caption": "A mug on a', SCHEMA, "caption") == (
+        "bad_response", f"The structured answer is not valid JSON.{NO_FINISH_REASON}")
+    loose = {"type": "object"}
+    assert answer_check('{"text": "A mug."}', loose, "caption") == (
+        "bad_response", f"The structured answer has no string field 'caption'.{NO_FINISH_REASON}")

@@ -43,7 +43,9 @@ class FakeClient:
                  usage: bool = True, fail: dict[str, CallResult] | None = None,
                  attempts: int = 1, held_s: dict[str, float] | None = None) -> None:
         self.paths = {data_url(m.mime, m.image): m.path for m in members}
-        self.packs = packs  # "by index" (in reverse order), "unmapped", "not json", a failure
+        # "by index" (in reverse order), "unmapped" (an index out of range), "one missing",
+        # "not json", or a failure
+        self.packs = packs
         self.usage = usage
         self.fail = fail or {}  # a request carrying this path gets this result
         self.attempts = attempts
@@ -86,7 +88,9 @@ class FakeClient:
             return "Image 1: a gradient. Image 2: another one."
         entries = [{"index": i, "caption": f"caption of {p}"} for i, p in enumerate(paths, 1)]
         entries.reverse()  # matched by index, never by position
-        if self.packs == "unmapped":
+        if self.packs == "unmapped":  # an entry for an image that was not sent
+            entries.append({"index": len(paths) + 1, "caption": "caption of nothing"})
+        if self.packs == "one missing":
             entries = entries[1:]  # the last image has no entry
         return json.dumps({PACKED_FIELD: entries})
 
@@ -182,6 +186,19 @@ def test_a_pack_that_does_not_map_or_is_refused_is_asked_again_image_by_image(pa
         assert sum(r[key] for r in rows) == 4 * ONE_USAGE[key] + paid[key]
     source = "apportioned" if packs == "unmapped" else "endpoint"
     assert all(r["usage_source"] == source for r in rows)
+
+
+def test_an_image_missing_from_a_pack_is_asked_alone_and_the_others_keep_their_answers(
+) -> None:
+    client = FakeClient(MEMBERS, packs="one missing")
+    rows = asked(plan(images_per_request=4), client, MEMBERS)
+    assert [client.carried(r) for r in client.requests] == [PATHS, [PATHS[3]]]
+    assert [(r["path"], r["caption"]) for r in rows] == [(p, f"caption of {p}") for p in PATHS]
+    assert [r["attempts"] for r in rows] == [1, 1, 1, 2]
+    assert [r["request_share"] for r in rows] == [0.25, 0.25, 0.25, 1.25]
+    assert [r["usage_source"] for r in rows] == ["apportioned"] * 4
+    for key in PACK_USAGE:  # the pack shared by all four, the single paid by the fourth
+        assert sum(r[key] for r in rows) == PACK_USAGE[key] + ONE_USAGE[key]
 
 
 @pytest.mark.parametrize("error_class", ["rate_limited", "timeout", "server_error"])

@@ -81,3 +81,18 @@ def test_five_hundred_images_and_four_pairs_stay_a_small_page() -> None:
                           load_catalog(), "t")
     assert html.count("<tr data-path=") == 500 and "500 images of 600" in html
     assert len(html.encode()) < 10_000_000
+
+
+def test_the_summary_shows_each_pairs_answers_cut_off_refused_or_off_schema() -> None:
+    rows = [row(A, f"/in/{i}.jpg") for i in range(6)]
+    rows += [row(A, "/in/6.jpg", status="failed", error_class="cut_off"),
+             row(A, "/in/7.jpg", status="failed", error_class="schema_mismatch"),
+             row(B, "/in/1.jpg", status="failed", error_class="refused"),
+             row(B, "/in/2.jpg")]
+    rows.sort(key=lambda r: r["path"])
+    html = render_compare(rows, [A, B], [], {}, load_catalog(), "t")
+    assert "<th>cut off</th><th>refused</th><th>schema mismatch</th>" in html
+    shares = {m[0]: re.findall(r"<td[^>]*>([^<]+)</td>", m[1])[5:8] for m in re.findall(
+        r'data-pair="([^"]+)">(.*?)</tr>', html)}
+    assert shares == {"ep-a:p1": ["1 (12.5%)", "0 (0.0%)", "1 (12.5%)"],
+                      "ep-b:p2": ["0 (0.0%)", "1 (50.0%)", "0 (0.0%)"]}

@@ -130,3 +130,25 @@ def test_serve_local_takes_the_shares_as_flags() -> None:
     assert bad == BadAnswers(0.15, 0.05, 0.2, ("enum", "type"), seed=4)
     with pytest.raises(ValueError, match="--rate-schema-break"):
         command.options_from_args(parser.parse_args(["--rate-schema-break", "2"]), "token")
+
+
+@pytest.mark.parametrize("structured", [True, False], ids=["schema", "plain"])
+def test_a_packed_answer_has_one_entry_broken_and_the_others_kept(structured: bool) -> None:
+    from pipeline.endpoint.packing import packed_spec, parse_packed
+
+    spec = packed_spec(PromptSpec("Describe.", 400, None, SCHEMA if structured else None), 4)
+    measured = [measure(files.jpeg(30 + i, 20)) for i in range(4)]
+    content = describe(measured, spec.response_schema)
+    user = PromptSpec("Describe.", 400, None, SCHEMA if structured else None)
+    broken_entries = set()
+    for key in KEYS[:24]:
+        broken = break_schema(content, spec.response_schema, key, 0)
+        assert broken is not None
+        raw = json.dumps({"choices": [{"message": {"content": broken[0]},
+                                       "finish_reason": "stop"}]}).encode()
+        packed = parse_packed(raw, 4, user)
+        assert packed.answers is not None and len(packed.again) == 1  # one entry, not all
+        broken_entries.update(packed.again)
+        if not structured:
+            assert broken[1] == "required"  # the caption left out; the index never touched
+    assert broken_entries == {0, 1, 2, 3}  # which entry is chosen by the body

@@ -75,17 +75,33 @@ def test_packed_answers_are_matched_by_index_not_position() -> None:
 @pytest.mark.parametrize(
     ("entries", "problem"),
     [
-        ([{"index": 1, "caption": "a"}], "no entry for image 2"),
         ([{"index": 1, "caption": "a"}, {"index": 2, "caption": "b"},
           {"index": 3, "caption": "c"}], "names image 3 of 2"),
         ([{"index": 1, "caption": "a"}, {"index": 1, "caption": "b"}], "image 1 twice"),
-        ([{"index": 1, "caption": "a"}, {"index": 2, "caption": " "}], "no usable answer"),
         ([{"index": "1", "caption": "a"}, {"index": 2, "caption": "b"}], "names image '1'"),
     ],
 )
-def test_answers_that_do_not_map_one_to_one_are_not_used(entries, problem) -> None:
+def test_answers_whose_indexes_contradict_themselves_are_not_used(entries, problem) -> None:
     packed = parse_packed(response(entries), 2, SPEC)
-    assert packed.answers is None and problem in packed.problem
+    assert packed.answers is None and problem in packed.problem and packed.again == []
+
+
+@pytest.mark.parametrize(
+    ("entries", "problem"),
+    [
+        ([{"index": 1, "caption": "a"}], "no complete entry for image 2"),
+        ([{"index": 1, "caption": "a"}, {"index": 2, "caption": " "}],
+         "the entry for image 2 has no usable caption"),
+        ([{"index": 2, "caption": "b"}, {"index": 1}], "the entry for image 1 has no usable"),
+    ],
+)
+def test_one_missing_or_unusable_entry_leaves_only_its_image_to_ask_again(
+    entries, problem
+) -> None:
+    packed = parse_packed(response(entries), 2, SPEC)
+    assert packed.answers is not None and problem in packed.problem
+    kept = [a.caption for a in packed.answers if a]
+    assert len(kept) == 1 and kept[0] in ("a", "b") and len(packed.again) == 1
 
 
 def test_a_packed_answer_that_is_not_json_is_a_bad_response() -> None:
@@ -127,3 +143,60 @@ def test_the_local_model_answers_a_packed_schema_per_image() -> None:
     entries = json.loads(describer.describe(measured, spec.response_schema))[PACKED_FIELD]
     assert [e["index"] for e in entries] == [1, 2, 3]
     assert [e["caption"] for e in entries] == [describer.caption(m) for m in measured]
+
+
+# -- each entry checked on its own (issue #27) -----------------------------------------------
+
+def finished(content: str, finish_reason: str) -> bytes:
+    return json.dumps({"choices": [{"message": {"content": content},
+                                    "finish_reason": finish_reason}],
+                       "usage": {"prompt_tokens": 90, "completion_tokens": 100,
+                                 "total_tokens": 190}}).encode()
+
+
+def test_each_entry_gets_the_finish_reason_of_its_own_text() -> None:
+    raw = finished(json.dumps({PACKED_FIELD: [{"index": 1, "caption": "a"},
+                                              {"index": 2, "caption": "b"}]}), "stop")
+    assert [a.finish_reason for a in parse_packed(raw, 2, SPEC).answers] == ["stop", "stop"]
+
+
+def test_a_pack_cut_off_keeps_the_entries_written_in_full_and_leaves_the_rest() -> None:
+    whole = json.dumps({PACKED_FIELD: [{"index": 2, "caption": "second, in full"},
+                                       {"index": 1, "caption": "first, also whole"},
+                                       {"index": 3, "caption": "third, cut mid-sentence"},
+                                       {"index": 4, "caption": "fourth, never begun"}]})
+    cut = whole[: whole.index("cut mid") + 3]  # the cut falls inside entry 3's caption
+    packed = parse_packed(finished(cut, "length"), 4, SPEC)
+    assert [a and (a.caption, a.finish_reason) for a in packed.answers] == [
+        ("first, also whole", "stop"), ("second, in full", "stop"), None, None]
+    assert packed.again == [2, 3] and "cut off at max_tokens" in packed.problem
+    assert packed.usage == Usage(90, 100, 190)  # what the cut pack cost is kept
+    # Cut right after an entry closed, or before any: the same rule.
+    after = whole[: whole.index('{"index": 3')]
+    assert parse_packed(finished(after, "length"), 4, SPEC).again == [2, 3]
+    assert parse_packed(finished('{"answers": [{"ind', "length"), 4, SPEC).again == [0, 1, 2, 3]
+
+
+def test_a_refused_pack_leaves_every_image_to_be_asked_alone() -> None:
+    packed = parse_packed(finished("", "content_filter"), 3, SPEC)
+    assert packed.answers == (None, None, None) and packed.again == [0, 1, 2]
+    assert "refused" in packed.problem
+
+
+def test_each_structured_entry_is_checked_against_the_whole_schema_on_its_own() -> None:
+    spec = PromptSpec("p", 100, None, files.ANSWER_SCHEMA)
+    good = {"caption": "a mug", "category": "product", "count": 1}
+    entries = [{"index": 1, "answer": good},
+               {"index": 2, "answer": {**good, "category": "not-product"}},
+               {"index": 3, "answer": {**good, "count": "many"}},
+               {"index": 4, "answer": {"caption": "a desk", "category": "scene"}}]
+    packed = parse_packed(finished(json.dumps({PACKED_FIELD: entries}), "stop"), 4, spec)
+    assert packed.again == [1, 2, 3]
+    assert json.loads(packed.answers[0].response_json) == good
+    for said in ("image 2 is no usable answer: The answer breaks the response schema at "
+                 "$.category: 'not-product' is not one of",
+                 "image 3 is no usable answer: The answer breaks the response schema at "
+                 "$.count: 'many' is not of type 'integer'",
+                 "image 4 is no usable answer: The answer breaks the response schema at $: "
+                 "'count' is a required property"):
+        assert said in packed.problem

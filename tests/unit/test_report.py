@@ -276,3 +276,33 @@ def test_a_request_shared_by_packed_images_counts_once() -> None:
     totals, _ = tally(rows, 10)
     assert totals.paid_total().requests == pytest.approx(3)
     assert "6 rows with requests (3 requests)" in render(rows).html
+
+
+def test_the_report_shows_the_answers_cut_off_refused_or_off_schema_per_endpoint_and_prompt(
+) -> None:
+    bad = {"cut_off": 3, "refused": 1, "schema_mismatch": 2}
+    rows = [row(i, finish_reason="stop") for i in range(14)] + [row(100, "invalid")]
+    i = 200
+    finish = {"cut_off": "length", "refused": "content_filter", "schema_mismatch": None}
+    for error_class, count in bad.items():
+        for _ in range(count):
+            rows.append(row(i, "failed", error_class=error_class, error_message="no caption",
+                            finish_reason=finish[error_class]))
+            i += 1
+    rows += [row(300 + k, prompt_id="p2") for k in range(4)]
+    run = {"run_id": "r1", "started_at": T0, "status": "succeeded", "ok": 18, "failed": 6,
+           "cut_off": 3}
+    page = render(rows, runs=[run]).html
+    section = page[page.index("<h2>Answers checked</h2>"):page.index("<h2>Runs</h2>")]
+    runs_html = page[page.index("<h2>Runs</h2>"):page.index("<h2>Charts</h2>")]
+    assert "<th>failed</th><th>cut off</th>" in runs_html and "<td>6</td><td>3</td>" in runs_html
+    lines = re.findall(r"<tr><td class='l ep'>([^<]+)</td><td class='l'><code>([^<]+)</code>"
+                       r"</td><td>([^<]+)</td>(.*?)</tr>", section)
+    cells = {(ep, prompt): (sent, re.findall(r"<td[^>]*>([^<]+)</td>", rest))
+             for ep, prompt, sent, rest in lines}
+    # Of the 20 rows p1 sent (the invalid one was not): 3 cut off, 1 refused, 2 off schema.
+    assert cells[("local-reference", "p1")] == (
+        "20", ["3 (15.0%)", "1 (5.0%)", "2 (10.0%)",
+               "stop 14 · length 3 · content_filter 1"])
+    assert cells[("local-reference", "p2")] == ("4", ["0 (0.0%)"] * 3 + ["–"])
+    assert section.count('class="bad"') == 3
