@@ -9,7 +9,11 @@ a job needs:
 A flag with an empty value (`--max-rpm=` or `--max-rpm ""`) counts as not given: a bundle
 passes every parameter on every run, so an unset optional setting arrives empty.
 
-Locally, with no host configured, this is the demo against the embedded local endpoint:
+The script exits with `vision-batch run`'s code (docs/command-line.md, "Exit codes"): 1, 2,
+or 3 when more rows failed than --max-failed-share allows, fail the task, so the job's retries
+and failure e-mails fire.
+
+Locally, with no --endpoint, this is the demo against the embedded local endpoint:
 
     python jobs/caption_images.py --input ./photos --table output/captions
 """

@@ -99,6 +99,11 @@ class RunConfig:
     # An endpoint that fails every request is waited out, probed at a slow rate, for at most
     # this long; then the run stops, failed, with every answer kept (pipeline/runs/recovery.py).
     max_outage_seconds: int = 1800
+    # The run exits 3 (TooManyFailed) when more than this share of the rows it wrote failed
+    # (invalid rows are neither failures nor counted). 5%: a scheduled job goes red on an
+    # expired token or an outage (hundreds of failed rows), not on a handful of timeouts
+    # that the next run asks again anyway. 1 never fails on failures.
+    max_failed_share: float = 0.05
     # Filled by the run, not by users: where the local endpoint was started, if it was.
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -130,6 +135,9 @@ class RunConfig:
         if self.max_outage_seconds < 1:
             raise ConfigError(f"max_outage_seconds must be at least 1, not "
                               f"{self.max_outage_seconds!r}")
+        if not 0 <= self.max_failed_share <= 1:
+            raise ConfigError(f"max_failed_share must be a share from 0 to 1 (0.05 is 5%), not "
+                              f"{self.max_failed_share!r}")
         if self.request_timeout <= 0:
             raise ConfigError(f"request_timeout must be positive, not {self.request_timeout!r}")
         if not self.prompt.strip():

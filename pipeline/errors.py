@@ -1,17 +1,23 @@
 """One error vocabulary. Every error that is the user's to act on is a VisionBatchError; the
-command line prints it as one line and exits with its code (README, "Exit codes").
+command line prints it as one line and exits with its code, and `pipeline.caption()` raises
+it (docs/command-line.md, "Exit codes").
 
     VisionBatchError
-      UsageError  exit 2: the command, a flag, the conf or a file it names is wrong; it is
-                  raised before Spark starts, and nothing is created
-      RunError    exit 1: the run cannot go on here (the input, a table, the endpoint, the
-                  credentials, the Spark session, the models file)
+      UsageError     exit 2: the command, a flag, the conf or a file it names is wrong; it
+                     is raised before Spark starts, and nothing is created
+      RunError       exit 1: the run cannot go on here (the input, a table, the endpoint,
+                     the credentials, the Spark session, the models file)
+        TooManyFailed  exit 3: the run finished, but the share of rows that failed in it
+                     passed --max-failed-share; its answers are kept (`.result`)
 
 Anything else (a Spark or JVM failure) exits 1 with its first line (`first_line`). Ctrl-C
-and SIGTERM exit 130 and 143 (pipeline/interrupts.py).
+and SIGTERM exit 130 and 143 (pipeline/interrupts.py). A run that finished within its
+threshold, or had nothing to do, exits 0.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 # How py4j begins every error the JVM raises; the line after it says what the error is.
 _PY4J_CALL = "An error occurred while calling "
@@ -27,6 +33,19 @@ class UsageError(VisionBatchError, ValueError):
 
 class RunError(VisionBatchError, RuntimeError):
     exit_code = 1
+
+
+class TooManyFailed(RunError):
+    """The run finished with more failed rows than --max-failed-share allows. It carries the
+    run's result (a RunResult): its answers are in the table, and a rerun asks the failed
+    rows again."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, result: Any) -> None:
+        # `result` is a pipeline.runs.context.RunResult: errors import no package of ours.
+        super().__init__(message)
+        self.result = result
 
 
 def first_line(exc: BaseException) -> str:

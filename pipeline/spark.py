@@ -63,7 +63,19 @@ def on_databricks() -> bool:
 
 
 def spark_log_path() -> Path:
+    """Where the JVM this process starts writes its stdout and stderr: Spark's log, its
+    warnings, the Python workers' stderr; the terminal gets one line (`jvm_output_to`)."""
     return Path(tempfile.gettempdir()) / f"vision-batch-spark-{os.getpid()}.log"
+
+
+# The log of the JVM this process started, once it has (a failure's one line names it).
+_started_log: Path | None = None
+
+
+def jvm_log() -> Path | None:
+    """The full output of the JVM this process started, or None if it started none (the
+    session is a notebook's, a remote server's, or not made yet)."""
+    return _started_log
 
 
 def get_spark(app_name: str = "vision-batch", kind: str = "auto") -> SparkSession:
@@ -81,8 +93,10 @@ def get_spark(app_name: str = "vision-batch", kind: str = "auto") -> SparkSessio
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     if remote and not remote.startswith("local"):
         return _remote_client(remote, app_name)
+    global _started_log
     settings = _local_settings(app_name)
-    with jvm_output_to(spark_log_path()):
+    _started_log = spark_log_path()
+    with jvm_output_to(_started_log):
         spark = _local_connect(remote, settings) if remote else _local_classic(settings)
     quiet_python_loggers()
     return spark

@@ -30,6 +30,7 @@ CREATE TABLE IF NOT EXISTS IDENTIFIER(:runs_table) (
   outage_s DOUBLE COMMENT 'seconds the endpoint failed every request and the run waited it out',
   put_off BIGINT COMMENT 'files whose requests were put off (refused credentials, an outage) and asked again',
   cut_off BIGINT COMMENT 'answers cut off at max_tokens (failed rows with error_class cut_off)',
+  exit_code INT COMMENT 'exit code of the command: 0 done, 3 over max_failed_share, 1 failed, 130/143 interrupted; NULL while running',
   error_message STRING COMMENT 'why the run failed, one line',
   config_json STRING COMMENT 'effective configuration, without secrets'
 ) USING DELTA

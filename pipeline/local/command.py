@@ -11,11 +11,12 @@ those are imported when the command runs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import signal
 import sys
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pipeline.endpoint.pacing import NAMES, UNITS
 from pipeline.images.limits import load_catalog
@@ -28,21 +29,27 @@ if TYPE_CHECKING:
     from pipeline.local.server import EndpointOptions
 
 
+def _default(cls: type, name: str) -> Any:
+    """A dataclass field's default: the one place a serve-local default is set."""
+    return next(f.default for f in dataclasses.fields(cls) if f.name == name)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8080, help="port on 127.0.0.1 (0: any)")
     parser.add_argument("--latency-ms", type=float, default=0.0, help="added to every answer")
     parser.add_argument(
         "--max-concurrency", type=int, default=None,
-        help="requests in flight above this get 429 REQUEST_LIMIT_EXCEEDED",
+        help="requests in flight above this get 429 REQUEST_LIMIT_EXCEEDED (default: no limit)",
     )
     parser.add_argument(
         "--max-rpm", type=int, default=None,
-        help="requests per 60 s window above this get 429 with Retry-After",
+        help="requests per 60 s window above this get 429 with Retry-After (default: no limit)",
     )
     for name in NAMES:
         parser.add_argument(
             f"--max-{name}", type=int, default=None,
-            help=f"{UNITS[name]} above this get 429 with Retry-After (a pay-per-token limit)",
+            help=f"{UNITS[name]} above this get 429 with Retry-After (a pay-per-token limit; "
+                 "default: no limit)",
         )
     parser.add_argument(
         "--packed-answers", choices=PACKED_ANSWERS, default="ordered",
@@ -50,14 +57,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--endpoint", default=None, help="endpoint name to serve (default: any)")
     parser.add_argument(
-        "--family", default="generic", help="model family from models.yml whose limits apply"
+        "--model-family", dest="model_family", default="generic",
+        help="model family from conf/models.yml whose limits apply",
     )
     for kind in FAULT_KINDS:
         parser.add_argument(
             f"--rate-{kind}", type=float, default=0.0,
             help=f"share of requests answered with fault {kind} (0-1)",
         )
-    parser.add_argument("--hang-s", type=float, default=600.0, help="how long a hang lasts")
+    parser.add_argument("--hang-seconds", type=float, default=_default(Faults, "hang_s"),
+                        help="how long a hang lasts")
     parser.add_argument(
         "--rate-cut-off", type=float, default=0.0,
         help="share of answers cut off mid-sentence with finish_reason length (0-1)",
@@ -76,20 +85,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="how a structured answer breaks its schema, chosen among these (default: "
         f"{','.join(SCHEMA_BREAKS)})",
     )
-    parser.add_argument("--retry-after", default=None, help="Retry-After value on every 429")
+    parser.add_argument("--retry-after", default=None,
+                        help="Retry-After value on every 429 (default: none sent)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the fault sequence and of the bad answers")
     parser.add_argument(
         "--token-lifetime-seconds", type=int, default=None,
-        help="lifetime of the OAuth access tokens (default 3600); OAuth is served when "
+        help="lifetime of the OAuth access tokens (default: "
+        f"{_default(OAuthClient, 'token_lifetime_s')}); OAuth is served when "
         "DATABRICKS_CLIENT_ID and DATABRICKS_CLIENT_SECRET are set",
     )
     parser.add_argument(
         "--outage-after", type=int, default=None,
-        help="start an outage when this many chat requests have arrived (that one refused)",
+        help="start an outage when this many chat requests have arrived (that one refused; "
+        "default: no outage)",
     )
     parser.add_argument("--outage-seconds", type=float, default=None,
-                        help="how long the outage lasts")
+                        help="how long the outage lasts (no default: --outage-after needs it)")
     parser.add_argument(
         "--outage-kind", choices=OUTAGE_KINDS, default=None,
         help="503: TEMPORARILY_UNAVAILABLE (default); drop: the connection closes, no answer",
@@ -106,13 +118,13 @@ def options_from_args(
 
     faults = Faults(
         **{f"rate_{kind}": getattr(args, f"rate_{kind}") for kind in FAULT_KINDS},
-        hang_s=args.hang_s,
+        hang_s=args.hang_seconds,
         retry_after=args.retry_after,
         seed=args.seed,
     )
     return EndpointOptions(
         token=token,
-        family=load_catalog().family("", explicit=args.family),
+        family=load_catalog().family("", explicit=args.model_family),
         endpoint_name=args.endpoint,
         latency_ms=args.latency_ms,
         max_concurrency=args.max_concurrency,
@@ -141,7 +153,9 @@ def _oauth(args: argparse.Namespace, client: tuple[str, str] | None) -> OAuthCli
             raise ValueError("--token-lifetime-seconds needs DATABRICKS_CLIENT_ID and "
                              "DATABRICKS_CLIENT_SECRET (OAuth) in the environment")
         return None
-    return OAuthClient(*client, token_lifetime_s=3600 if lifetime is None else lifetime)
+    if lifetime is None:
+        return OAuthClient(*client)
+    return OAuthClient(*client, token_lifetime_s=lifetime)
 
 
 def _outage(args: argparse.Namespace) -> Outage | None:

@@ -64,7 +64,7 @@ class Faults:
         if total > 1.0 + 1e-9:
             raise ValueError(f"the --rate-* flags sum to {total:g}; they must sum to at most 1")
         if not self.hang_s >= 0:
-            raise ValueError(f"--hang-s must be zero or more, not {self.hang_s}")
+            raise ValueError(f"--hang-seconds must be zero or more, not {self.hang_s}")
 
     def rate(self, kind: str) -> float:
         return float(getattr(self, f"rate_{kind}"))

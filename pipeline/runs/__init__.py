@@ -31,7 +31,7 @@ from pyspark.sql import SparkSession
 from pipeline.config import RunConfig
 from pipeline.endpoint.auth import CredentialSource
 from pipeline.endpoint.pacing import NAMES
-from pipeline.errors import first_line
+from pipeline.errors import VisionBatchError, first_line
 from pipeline.files import source
 from pipeline.interrupts import Interrupted, Stop, only_mark, quietly
 from pipeline.outcomes import RunStatus, Status
@@ -77,8 +77,9 @@ def run(
     if stop.requested:
         raise Interrupted(stop.signum or signal.SIGINT)
     stop.halting_with(None)  # until there is work to halt, a signal raises at once
-    result = RunResult(ctx.run_id, sink.named(config.table).display, started=started,
-                       spark_seconds=spark_seconds, max_tokens=ctx.spec.max_tokens)
+    result = RunResult(ctx.run_id, sink.named(config.table).display, ctx.prompt_id,
+                       started=started, spark_seconds=spark_seconds,
+                       max_tokens=ctx.spec.max_tokens)
     result.timeline.append((0, "spark", before_spark - started, result.tick()))
     # The tables and the listing do not depend on each other, and each pays a first-use cost
     # in a fresh JVM (Delta's classes; the scan): side by side.
@@ -109,6 +110,8 @@ def run(
     except BaseException as exc:
         stopped = stop.requested or isinstance(exc, KeyboardInterrupt)
         result.status = RunStatus.INTERRUPTED if stopped else RunStatus.FAILED
+        result.exit_code = (128 + (stop.signum or signal.SIGINT) if stopped
+                            else exc.exit_code if isinstance(exc, VisionBatchError) else 1)
         message = (f"interrupted by {_signal_name(stop.signum)}" if stopped
                    else first_line(exc)[:500] or type(exc).__name__)
         stop.halting_with(only_mark)  # the run's row is being written: let it be
@@ -121,6 +124,7 @@ def run(
             raise Interrupted(stop.signum or signal.SIGINT, result) from None
         raise
     stop.halting_with(only_mark)  # done: a signal now leaves the run's last row be
+    result.exit_code = result.exit_code_for(config.max_failed_share)
     recorder.finish(None)
     return result
 
@@ -327,6 +331,7 @@ class Recorder:
             "outage_s": round(r.outage_s, 1),
             "put_off": r.put_off,
             "cut_off": r.cut_off,
+            "exit_code": r.exit_code,
             "error_message": error,
             "config_json": json.dumps(ctx.config.public(), sort_keys=True, default=str),
         }

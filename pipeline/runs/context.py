@@ -20,9 +20,10 @@ from pipeline.endpoint.client import ClientSettings
 from pipeline.endpoint.pacing import HELD, NAMES, TokenLimits
 from pipeline.endpoint.packing import packed_spec
 from pipeline.endpoint.payloads import PromptSpec, image_byte_budget
+from pipeline.errors import TooManyFailed
 from pipeline.images.limits import Catalog, ModelFamily, load_catalog
 from pipeline.images.prepare import largest_image_tokens
-from pipeline.outcomes import ErrorClass, RunStatus
+from pipeline.outcomes import FAILED_CLASSES, ErrorClass, RunStatus, Status
 from pipeline.percentiles import percentile_of_counts
 from pipeline.runs.recovery import Recovery
 from pipeline.tables import sink
@@ -139,6 +140,7 @@ class RunResult:
 
     run_id: str
     table: str
+    prompt_id: str = ""  # what `compare --pair ENDPOINT:PROMPT_ID` names
     started: float = field(default_factory=time.time)  # epoch seconds
     spark_seconds: float = 0.0  # of which: getting a Spark session
     listed: int = 0
@@ -158,6 +160,9 @@ class RunResult:
     latency_p95_ms: float | None = None
     seconds: float = 0.0
     status: RunStatus = RunStatus.RUNNING
+    # The command's exit code for this run (pipeline/errors.py), in its runs-table row: None
+    # while it runs; 0 or 3 (`exit_code_for`) once it finished; 1, 130 or 143 if not.
+    exit_code: int | None = None
     # Seconds the run's requests were held back by each token or query limit (HELD).
     waited: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
     # What the run waited out (pipeline/runs/recovery.py): seconds the endpoint was down,
@@ -188,6 +193,31 @@ class RunResult:
     def cut_off(self) -> int:
         """Answers cut off at max_tokens (rows failed as cut_off)."""
         return self.error_classes[ErrorClass.CUT_OFF]
+
+    @property
+    def failed(self) -> int:
+        return self.statuses[Status.FAILED]
+
+    @property
+    def asked(self) -> int:
+        """Rows this run sent and wrote an outcome for: ok or failed (invalid rows were never
+        sendable, so they are no share of anything)."""
+        return self.statuses[Status.OK] + self.failed
+
+    def too_many_failed(self, max_failed_share: float) -> str | None:
+        """The one line saying the failed share passed `max_failed_share`, or None when it is
+        at or under it (or nothing was asked): counts per file, a group's as its files'."""
+        if not self.asked or self.failed / self.asked <= max_failed_share:
+            return None
+        classes = ", ".join(f"{k} {v}" for k, v in sorted(self.error_classes.items())
+                            if k in FAILED_CLASSES)
+        return (f"{self.failed} of {self.asked} rows failed in run {self.run_id} "
+                f"({100 * self.failed / self.asked:.1f}%, over --max-failed-share "
+                f"{100 * max_failed_share:.4g}%)" + (f": {classes}" if classes else ""))
+
+    def exit_code_for(self, max_failed_share: float) -> int:
+        """A finished run's exit code: 3 when too many rows failed, else 0."""
+        return TooManyFailed.exit_code if self.too_many_failed(max_failed_share) else 0
 
     @property
     def images_per_s(self) -> float:

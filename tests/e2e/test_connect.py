@@ -145,7 +145,18 @@ def test_the_report_of_a_connect_run_opens_in_the_browser(spark, serve, connect_
         done = vision_batch(connect_session, "run", *flags, "--input", str(folder),
                             "--table", str(table), "--max-attempts", "1", cwd=tmp_path,
                             token=token)
-        assert done.returncode == 0, done.stderr
+        # Half the photos failed, past the default --max-failed-share of 5%: the run
+        # finished and kept its answers, its summary printed, and it exits 3 with one line
+        # (the invalid file counts in neither side of the share).
+        [record] = spark.read.format("delta").load(f"{table}_runs").collect()
+        assert done.returncode == 3, done.stderr
+        assert (record.status, record.exit_code, record.ok + record.failed) == (
+            "succeeded", 3, 6)
+        assert done.stderr.splitlines()[-1] == (
+            f"vision-batch: error: {record.failed} of 6 rows failed in run {record.run_id} "
+            f"({100 * record.failed / 6:.1f}%, over --max-failed-share 5%): server_error "
+            f"{record.failed}")
+        assert f"run {record.run_id}: succeeded" in done.stdout
         out = tmp_path / "report.html"
         made = vision_batch(connect_session, "report", "--table", str(table), "--out",
                             str(out), cwd=tmp_path)

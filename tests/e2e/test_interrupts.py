@@ -98,6 +98,7 @@ def interrupted_then_resumed(spark, serve, tmp_path, signum: int, *extra: str,
     assert BATCH <= saved < COUNT, "the stop did not land mid-way"
     (row,) = spark.read.format("delta").load(f"{table}_runs").collect()
     assert row.status == "interrupted" and row.ended_at is not None
+    assert row.exit_code == 128 + signum  # as the command exited
     assert row.error_message == f"interrupted by {signal.Signals(signum).name}"
     # True counts: the run's row says what the table holds for it, and what it paid for.
     assert (row.ok, row.invalid, row.failed) == (saved, 0, 0)

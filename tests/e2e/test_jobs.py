@@ -91,3 +91,11 @@ def test_secret_errors_are_one_line_naming_scope_and_key(job, capsys) -> None:
         "vision-batch: error: --secret-scope and --secret-key go together",
     ]
     assert job.calls == [] and "DATABRICKS_TOKEN" not in os.environ
+
+
+def test_the_runs_exit_code_is_the_tasks(job, monkeypatch) -> None:
+    """A run over --max-failed-share exits 3 and the script with it (`sys.exit(main())`): a
+    non-zero exit fails the task, and the job's retries and failure e-mails fire."""
+    monkeypatch.setattr(job, "cli_main", lambda argv: 3)
+    assert job.main(["--input=/v/in"]) == 3
+    assert "sys.exit(main())" in SCRIPT.read_text()

@@ -374,7 +374,8 @@ def test_serve_needs_a_token(monkeypatch: pytest.MonkeyPatch, capsys: Any) -> No
     assert "DATABRICKS_TOKEN" in capsys.readouterr().err
     with pytest.raises(ValueError, match="--rate-drop"):
         options_from_args(parser.parse_args(["--rate-drop", "2"]), TOKEN)
-    options = options_from_args(parser.parse_args(["--family", "gemma3", "--seed", "4"]), TOKEN)
+    options = options_from_args(
+        parser.parse_args(["--model-family", "gemma3", "--seed", "4"]), TOKEN)
     assert options.family.name == "gemma3" and options.faults.seed == 4
 
 

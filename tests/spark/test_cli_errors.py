@@ -83,9 +83,10 @@ def test_usage_errors_exit_2(capsys, tmp_path) -> None:
     code, err = run_cli(capsys, "--conf", str(conf))
     assert code == 2
     assert_one_line(err, "max_concurrency must be at least 1")
+    # A workspace named without an endpoint: not silently the local model in its place.
     code, err = run_cli(capsys, "--host", "http://127.0.0.1:9", "--input", str(tmp_path))
     assert code == 2
-    assert_one_line(err, "--endpoint is required")
+    assert_one_line(err, "host http://127.0.0.1:9 is set but no endpoint")
 
 
 def test_a_run_against_a_host_uses_sdk_auth_from_the_environment(

@@ -51,10 +51,16 @@ def test_a_table_created_by_an_older_version_gains_new_columns(
         " a request'", "").replace(",\n  'vision_batch.schema_version' = '1'", "")
     assert "reused_from" not in old_ddl and f"'{sink.MARK}' =" not in old_ddl
     spark.sql(old_ddl, args={"table": f"delta.`{cfg.table}`"})
+    # ...and its runs table, as it was before `exit_code`.
+    runs_ddl = "\n".join(line for line in sql_text("create_runs.sql").splitlines()
+                         if not line.startswith("  exit_code INT"))
+    spark.sql(runs_ddl, args={"runs_table": f"delta.`{cfg.table}_runs`"})
     _, creds = serve()
     runner.run(cfg, creds, spark, progress=lambda _: None)
     table = spark.read.format("delta").load(cfg.table)
     assert "reused_from" in table.columns
+    [run] = spark.read.format("delta").load(cfg.table + "_runs").collect()
+    assert run.exit_code == 0
     assert [r.status for r in table.collect()] == ["ok"]
     properties = spark.sql(f"SHOW TBLPROPERTIES delta.`{cfg.table}`").collect()
     assert (sink.MARK, "1") in {(r["key"], r["value"]) for r in properties}  # ours, marked now

@@ -66,6 +66,8 @@ def test_wrong_type_is_named(tmp_path: Path) -> None:
         ({"sample_fraction": 1.5}, "sample_fraction must be above 0 and at most 1"),
         ({"mode": "sql", "sample": 3}, "mode sql read the whole input"),
         ({"lease_seconds": 2}, "lease_seconds must be at least 5"),
+        ({"max_failed_share": 1.5}, "max_failed_share must be a share from 0 to 1"),
+        ({"max_failed_share": -0.1}, "max_failed_share must be a share from 0 to 1"),
     ],
 )
 def test_invalid_values(flags: dict, match: str) -> None:
