@@ -1,6 +1,6 @@
 """The run configuration: one typed dataclass, loaded from YAML and flags, validated once.
 
-Precedence (README, "Command line"): command-line flags, then the environment (the Databricks
+Precedence (docs/command-line.md): command-line flags, then the environment (the Databricks
 SDK's unified auth resolves host and token), then the --conf file, then the defaults below.
 Credentials are never part of this object: it is printed, logged and stored in the runs table.
 """

@@ -38,7 +38,7 @@ from pipeline.resources import conf_dir
 
 # Arrow batches into Python UDFs are bounded by bytes as well as rows: a batch of twenty
 # 20 MB photos must not land in one worker at once. (On Databricks the session is not ours to
-# change: set the same two values in the cluster's Spark config; see README.)
+# change: set the same two values in the cluster's Spark config; see docs/compute.md.)
 ARROW_MAX_BYTES = 64 * 1024 * 1024
 ARROW_MAX_RECORDS = 256
 
@@ -241,8 +241,8 @@ def _databricks_connect() -> SparkSession:
         from databricks.connect import DatabricksSession
     except ImportError:
         raise SessionError(
-            "--spark databricks-connect needs the databricks-connect package, in an "
-            "environment without pyspark: pip install 'databricks-connect>=16.4,<18'"
+            "--spark databricks-connect needs the databricks-connect package, in a Python "
+            "3.12 environment without pyspark: pip install 'databricks-connect>=17,<18'"
         ) from None
     try:
         return DatabricksSession.builder.getOrCreate()

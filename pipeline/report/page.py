@@ -265,7 +265,7 @@ def checked_cells(checked: Checked) -> str:
 
 def checked_table(totals: Totals) -> str:
     """Per endpoint and prompt: the rows sent, and how many answers were cut off at
-    max_tokens, refused, or broke the response schema (README, "Answers checked")."""
+    max_tokens, refused, or broke the response schema (docs/monitoring.md)."""
     if not totals.checked:
         return ""
     head = (f"<tr><th class='l'>endpoint</th><th class='l'>prompt</th><th>rows sent</th>"

@@ -245,7 +245,7 @@ def caller_for(spark: SparkSession, ctx: RunContext,
     lost (measured on a standalone cluster: 140-160 answers paid for 120 files); serverless
     UDFs cannot reach the network at all; and one driver's client drives hundreds of
     requests a second (about 2 ms of CPU each), more than most endpoints admit. The
-    executors are for the rare endpoint that admits more (README, "Where it runs")."""
+    executors are for the rare endpoint that admits more (docs/compute.md, "Callers")."""
     plan = ctx.call_plan(ctx.family.max_images_per_request if by_group else 0)
     kind = "driver" if ctx.config.caller == "auto" else ctx.config.caller
     assert ctx.credentials is not None  # a run that asks has them
