@@ -122,8 +122,8 @@ def test_databricks_connect_without_its_package_is_one_line(capsys, monkeypatch,
                      "--table", str(tmp_path / "t")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["vision-batch: error: --spark databricks-connect needs the databricks-connect "
-                   "package, in an environment without pyspark: pip install "
-                   "'databricks-connect>=16.4,<18'"]
+                   "package, in a Python 3.12 environment without pyspark: pip install "
+                   "'databricks-connect>=17,<18'"]
     assert not (tmp_path / "t").exists()
 
 
