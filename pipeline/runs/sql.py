@@ -9,7 +9,9 @@ ended (no finish_reason) and checks no schema. So right after the template, the 
 run wrote `ok` are checked as the UDF path checks them (`answer_check`, the same
 pipeline/endpoint/payloads.py and schemas.py, in a Spark UDF), and those that fail become
 failed rows (sql/fail_answers.sql): `schema_mismatch` with the validator's message, or
-`bad_response` for an answer that is no JSON (a cut-off one is such an answer).
+`bad_response` for an answer that is no JSON (a cut-off one is such an answer). The
+bundle's SQL job runs the same check as a Python task after its caption task
+(jobs/check_answers.py): a SQL warehouse runs no Python.
 
 With `--group-by` the template is sql/caption_groups.sql: one answer per group into
 `<table>_groups` and no rows in the captions table, so the run's totals come from the groups
@@ -19,8 +21,10 @@ it wrote (`summarize_groups`): each file of a group counts under its group's sta
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from pyspark.sql import SparkSession
@@ -132,7 +136,9 @@ def caption(
     result.timeline.append((1, "statement", began, result.tick()))
     if not grouped and ctx.spec.response_schema is not None:
         progress("checking the structured answers against --response-schema")
-        fail_unusable(spark, ctx)
+        checked = fail_unusable(spark, ctx.tables.captions, ctx.run_id, ctx.endpoint,
+                                ctx.spec.response_schema, ctx.spec.caption_field)
+        progress(checked.line())
     if grouped:
         summarize_groups(spark, ctx, result)
     else:
@@ -160,29 +166,59 @@ def answer_check(text: str | None, schema: dict[str, Any],
     return None
 
 
-def fail_unusable(spark: SparkSession, ctx: RunContext) -> None:
-    """Check the structured answers this run wrote `ok` (in a Spark UDF, where the rows are)
-    and fail those `answer_check` refuses (sql/fail_answers.sql)."""
-    assert ctx.tables is not None and ctx.spec.response_schema is not None
-    schema, field = ctx.spec.response_schema, ctx.spec.caption_field
+@dataclass(frozen=True)
+class Checked:
+    """What `fail_unusable` did to one run's rows."""
+
+    answers: int  # the `ok` rows it checked
+    failed: Counter[str]  # of those, the ones it failed, by error class
+
+    def line(self) -> str:
+        if not self.failed:
+            return f"checked {self.answers} structured answers: all fit the response schema"
+        classes = ", ".join(f"{name} {count}" for name, count in sorted(self.failed.items()))
+        return (f"checked {self.answers} structured answers: {self.failed.total()} failed "
+                f"({classes})")
+
+
+def fail_unusable(spark: SparkSession, table: str, run_id: str, endpoint: str,
+                  schema: dict[str, Any], caption_field: str) -> Checked:
+    """Check the structured answers one run wrote `ok` into `table` (a name IDENTIFIER
+    takes) for `endpoint`, in a Spark UDF where the rows are, and fail those `answer_check`
+    refuses (sql/fail_answers.sql). The run id selects the rows; each keeps its own prompt
+    id. `vision-batch run --mode sql` and jobs/check_answers.py (the SQL job) both call this.
+
+    The counts are the run's rows by status and class before and after the MERGE: two
+    aggregates that run no UDF, where counting the failures themselves would check every
+    answer twice."""
 
     @F.udf("struct<error_class:string,error_message:string>")
     def check(text: str | None) -> tuple[str, str] | None:
-        return answer_check(text, schema, field)
+        return answer_check(text, schema, caption_field)
 
-    checked = (spark.table(ctx.tables.captions)
-               .filter((F.col("run_id") == ctx.run_id) & (F.col("status") == "ok"))
-               .select("path", check("response_json").alias("problem"))
+    def tally() -> Counter[tuple[str, str | None]]:
+        return Counter({(r["status"], r["error_class"]): r["rows"] for r in
+                        run_rows.groupBy("status", "error_class")
+                        .agg(F.count(F.lit(1)).alias("rows")).collect()})
+
+    run_rows = spark.table(table).filter(
+        (F.col("run_id") == run_id) & (F.col("endpoint") == endpoint))
+    before = tally()
+    checked = (run_rows.filter(F.col("status") == "ok")
+               .select("path", "prompt_id", check("response_json").alias("problem"))
                .filter(F.col("problem").isNotNull())
-               .select("path", "problem.error_class", "problem.error_message"))
-    view = f"vision_batch_checked_{ctx.run_id.replace('-', '_')}"
+               .select("path", "prompt_id", "problem.error_class", "problem.error_message"))
+    # A run id is any text (the SQL job's is a number): only word characters in a view name.
+    view = "vision_batch_checked_" + re.sub(r"\W", "_", run_id)
     checked.createOrReplaceTempView(view)
     try:
         spark.sql(sql_text("fail_answers.sql"),
-                  args={"table": ctx.tables.captions, "checked": view, "endpoint": ctx.endpoint,
-                        "prompt_id": ctx.prompt_id, "run_id": ctx.run_id})
+                  args={"table": table, "checked": view, "endpoint": endpoint, "run_id": run_id})
     finally:
         spark.catalog.dropTempView(view)
+    failed = Counter({cls: n - before[("failed", cls)] for (status, cls), n in tally().items()
+                      if status == "failed" and cls is not None})
+    return Checked(before[("ok", None)], +failed)
 
 
 def summarize(spark: SparkSession, ctx: RunContext, result: RunResult) -> None:

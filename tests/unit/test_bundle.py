@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fnmatch
 import importlib.util
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -339,7 +340,11 @@ def test_python_tasks_call_the_entry_point_the_wheel_declares() -> None:
 
 def sql_tasks() -> list[tuple[Path, dict[str, Any]]]:
     doc, job = jobs()[SQL_JOB]
-    return [(doc.path.parent / t["sql_task"]["file"]["path"], t) for t in job["tasks"]]
+    return [(doc.path.parent / t["sql_task"]["file"]["path"], t) for t in job["tasks"]
+            if "sql_task" in t]
+
+
+JOB_PARAMETER = re.compile(r"\{\{job\.parameters\.([A-Za-z0-9_.-]+)\}\}")
 
 
 def test_sql_tasks_run_template_files_on_the_warehouse() -> None:
@@ -354,8 +359,13 @@ def test_sql_tasks_run_template_files_on_the_warehouse() -> None:
     # The warehouse is declared by the opt-in file itself: who does not include it needs none.
     doc, _ = jobs()[SQL_JOB]
     assert set(doc.data["variables"]) == {"warehouse_id"}
-    deps = {t["task_key"]: [d["task_key"] for d in t.get("depends_on", [])] for _, t in tasks}
-    assert deps["caption"] == ["create_captions_table"] and deps["summarize"] == ["caption"]
+    _, job = jobs()[SQL_JOB]
+    deps = {t["task_key"]: [d["task_key"] for d in t.get("depends_on", [])] for t in job["tasks"]}
+    assert deps["caption"] == ["create_captions_table"]
+    # The structured answers are checked after the caption task and before the summary, so
+    # the summary counts the rows the check failed.
+    assert deps["check_answers"] == ["caption"] and deps["summarize"] == ["check_answers"]
+    assert [t["task_key"] for t in job["tasks"] if "sql_task" not in t] == ["check_answers"]
 
 
 def test_sql_job_parameters_are_exactly_the_markers_of_its_templates() -> None:
@@ -370,6 +380,11 @@ def test_sql_job_parameters_are_exactly_the_markers_of_its_templates() -> None:
         assert markers <= set(names), f"{path.name} needs {sorted(markers - set(names))}"
         assert "parameters" not in t["sql_task"], "values come from the job parameters"
         used |= markers
+    # The Python check task gets no pushed-down parameter: it names each, and each exists.
+    referenced = set(JOB_PARAMETER.findall(" ".join(
+        task(SQL_JOB, "check_answers")["spark_python_task"]["parameters"])))
+    assert referenced == {"table", "run_id", "endpoint", "response_format", "caption_field"}
+    assert referenced <= used
     assert set(names) == used
     # The templates compute the prompt id from the prompt and its parameters: none names it.
     assert "prompt_id" not in names and "sql_prompt_id" not in root()["variables"]
@@ -383,6 +398,41 @@ def test_sql_run_id_is_the_job_run_and_the_question_matches_the_python_job() -> 
     assert defaults["runs_table"] == defaults["table"] + "_runs"
     for name in ("input_path", "endpoint", "prompt", "max_tokens"):
         assert defaults[name] == "${var." + name + "}"
+
+
+def test_sql_check_task_runs_on_serverless_with_the_python_jobs_environment() -> None:
+    check = task(SQL_JOB, "check_answers")
+    assert "job_cluster_key" not in check and "libraries" not in check
+    _, sql_job = jobs()[SQL_JOB]
+    _, python_job = jobs()[PYTHON_JOB]
+    # Written in both files (an anchor cannot cross them): they must not drift apart.
+    assert sql_job["environments"] == python_job["environments"]
+    (environment,) = sql_job["environments"]
+    assert check["environment_key"] == environment["environment_key"]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_sql_check_task_parameters_are_flags_the_script_accepts(target: str) -> None:
+    script = load_script(REPO / "jobs" / "check_answers.py")
+    _, job = jobs()[SQL_JOB]
+    defaults = {p["name"]: resolve(p["default"], target) for p in job["parameters"]}
+    defaults["run_id"] = "1234"  # {{job.run_id}}, as the service fills it in
+
+    def filled() -> list[str]:
+        # What the service does with a dynamic value reference: the value, as text.
+        return [JOB_PARAMETER.sub(lambda m: defaults[m.group(1)], p)
+                for p in task(SQL_JOB, "check_answers")["spark_python_task"]["parameters"]]
+
+    args = script.flags().parse_args(filled())
+    assert (args.table, args.run_id, args.endpoint, args.caption_field) == (
+        resolve(TABLE, target), "1234", variables(target)["endpoint"], "caption")
+    assert args.response_format == "" and script.response_schema(args.response_format) is None
+    # A response format passed for one run arrives whole in its one token.
+    answer = {"type": "object", "properties": {"caption": {"type": "string"}}}
+    defaults["response_format"] = json.dumps(
+        {"type": "json_schema", "json_schema": {"name": "answer", "schema": answer,
+                                                "strict": True}})
+    assert script.response_schema(script.flags().parse_args(filled()).response_format) == answer
 
 
 @pytest.mark.parametrize("target", TARGETS)

@@ -72,6 +72,29 @@ def test_the_typed_classes_catch_what_the_cli_would_refuse() -> None:
             pytest.fail(what)
 
 
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_sql_jobs_check_task_is_a_serverless_python_task_the_typed_class_reads(
+        target: str) -> None:
+    spec = bundle.configuration(target)["resources"]["jobs"]["caption_sql"]
+    job = Job.from_dict(copy.deepcopy(spec))
+    tasks = {t.task_key: t for t in job.tasks}
+    check = tasks["check_answers"]
+    assert check.spark_python_task is not None and check.sql_task is None
+    assert check.spark_python_task.python_file == "../../jobs/check_answers.py"
+    assert check.job_cluster_key is None and check.new_cluster is None
+    (environment,) = job.environments
+    assert check.environment_key == environment.environment_key
+    assert environment.spec is not None and environment.spec.environment_version == "4"
+    assert [d.task_key for d in check.depends_on] == ["caption"]
+    assert [d.task_key for d in tasks["summarize"].depends_on] == ["check_answers"]
+    # The class refuses a mistake in this task, as the CLI would.
+    index = [t["task_key"] for t in spec["tasks"]].index("check_answers")
+    broken = copy.deepcopy(spec)
+    broken["tasks"][index]["spark_python_task"]["python_files"] = ["x.py"]
+    with pytest.raises((ValueError, TypeError)):
+        Job.from_dict(broken)
+
+
 # --- paths follow the catalog and the schema ----------------------------------------------
 
 
