@@ -95,13 +95,13 @@ def of(*langs: str) -> list[Any]:
 
 # -- shell commands ---------------------------------------------------------------------------
 
-SEPARATORS = {"&&", "||", ";", "|"}
+SEPARATORS = {"&&", "||", ";", "|", "&"}
 ENV_PREFIX = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 
 
 def commands(text: str) -> list[list[str]]:
     """Each command of a shell block as its words: `\\` continuations joined, comments
-    dropped, split at `&&`, `||`, `;` and `|`, with `VAR=value` prefixes removed."""
+    dropped, split at `&&`, `||`, `;`, `|` and `&`, with `VAR=value` prefixes removed."""
     found = []
     for line in text.replace("\\\n", " ").splitlines():
         words = shlex.split(line, comments=True)
