@@ -229,14 +229,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         result = api.caption_with(cfg, report=report, started=STARTED, stop=stop)
     except TooManyFailed as exc:  # the run finished: its summary, then the line (exit 3)
-        finished(exc.result, report)
+        finished(exc.result, report, outcome="finished, too many rows failed,")
         raise
     finished(result, report)
     return 0
 
 
-def finished(result: RunResult, report: api.Progress) -> None:
-    print(summary(result))
+def finished(result: RunResult, report: api.Progress, outcome: str | None = None) -> None:
+    print(summary(result, outcome))
     if report is progress.structured:  # the totals as one parseable line too
         report(progress.update("finished", result, result.written, 0))
 
@@ -306,9 +306,11 @@ def cut_off_line(count: int, max_tokens: int | None) -> str:
             "to ask them again")
 
 
-def summary(r: RunResult) -> str:
+def summary(r: RunResult, outcome: str | None = None) -> str:
+    """The run's totals; `outcome` replaces the run's status in the first line (a run over
+    --max-failed-share finished, but did not succeed as a scheduler counts it)."""
     lines = [
-        f"run {r.run_id}: {r.status} in {r.seconds:.1f} s "
+        f"run {r.run_id}: {outcome or r.status} in {r.seconds:.1f} s "
         f"(of which {r.spark_seconds:.1f} s starting Spark)",
         f"  files   {r.listed} listed, {r.skipped} already done, {progress.counts(r.statuses)}",
     ]

@@ -8,6 +8,7 @@ import pytest
 
 from pipeline import cli
 from pipeline.errors import RunError, TooManyFailed
+from pipeline.outcomes import RunStatus
 from pipeline.runs.context import RunResult
 
 
@@ -30,6 +31,14 @@ def test_the_line_names_the_counts_the_share_the_threshold_and_the_error_classes
     assert mixed.too_many_failed(0.095) == (
         "10 of 100 rows failed in run 0f3c (10.0%, over --max-failed-share 9.5%): "
         "server_error 7, timeout 3")
+
+
+def test_the_summary_of_a_run_over_the_share_does_not_say_it_succeeded() -> None:
+    result = finished(ok=426, invalid=30, auth=474)
+    result.status = RunStatus.SUCCEEDED  # as the runs table keeps it: the run finished
+    assert cli.summary(result).splitlines()[0].startswith("run 0f3c: succeeded in ")
+    over = cli.summary(result, "finished, too many rows failed,").splitlines()[0]
+    assert over.startswith("run 0f3c: finished, too many rows failed, in ")
 
 
 @pytest.mark.parametrize(("result", "threshold", "code"), [
