@@ -316,7 +316,7 @@ def summary(r: RunResult, outcome: str | None = None) -> str:
     ]
     if r.error_classes:
         lines.append(
-            "  errors  " + ", ".join(f"{k} {v}" for k, v in sorted(r.error_classes.items()))
+            "  errors  " + progress.by_class(r.error_classes)
         )
     lines += [
         f"  tokens  {r.total_tokens:,} (prompt {r.prompt_tokens:,}, completion "

@@ -19,6 +19,11 @@ def counts(statuses: Mapping[str, int]) -> str:
     return ", ".join(f"{statuses.get(s, 0)} {s}" for s in Status)
 
 
+def by_class(classes: Mapping[str, int]) -> str:
+    """Counts by error class, by name: "server_error 7, timeout 3" ("" for none)."""
+    return ", ".join(f"{name} {count}" for name, count in sorted(classes.items()))
+
+
 @dataclass(frozen=True)
 class Update:
     """One progress report: `planned` once the input is listed, `batch` after each MERGE."""
@@ -46,7 +51,7 @@ class Update:
             return (f"{self.listed} files listed, {self.skipped} already done, {self.pending} "
                     f"to process in {about}{self.batches} batch(es){self.detail} "
                     f"({self.elapsed_s:.1f} s)")
-        errors = ", ".join(f"{k} {v}" for k, v in sorted(self.errors.items()))
+        errors = by_class(self.errors)
         held = held_back(dict(self.waited))
         return (f"batch {self.batch}/{'~' if self.approximate else ''}{self.batches}: "
                 f"{self.files_done}/{self.pending} files, "

@@ -25,6 +25,7 @@ from pipeline.images.limits import Catalog, ModelFamily, load_catalog
 from pipeline.images.prepare import largest_image_tokens
 from pipeline.outcomes import FAILED_CLASSES, ErrorClass, RunStatus, Status
 from pipeline.percentiles import percentile_of_counts
+from pipeline.progress import by_class
 from pipeline.runs.recovery import Recovery
 from pipeline.tables import sink
 
@@ -209,8 +210,7 @@ class RunResult:
         at or under it (or nothing was asked): counts per file, a group's as its files'."""
         if not self.asked or self.failed / self.asked <= max_failed_share:
             return None
-        classes = ", ".join(f"{k} {v}" for k, v in sorted(self.error_classes.items())
-                            if k in FAILED_CLASSES)
+        classes = by_class({k: v for k, v in self.error_classes.items() if k in FAILED_CLASSES})
         return (f"{self.failed} of {self.asked} rows failed in run {self.run_id} "
                 f"({100 * self.failed / self.asked:.1f}%, over --max-failed-share "
                 f"{100 * max_failed_share:.4g}%)" + (f": {classes}" if classes else ""))

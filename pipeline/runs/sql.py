@@ -38,6 +38,7 @@ from pipeline.files.source import InputError, Listing
 from pipeline.images.prepare import target_size
 from pipeline.local import sql_functions
 from pipeline.outcomes import ErrorClass
+from pipeline.progress import by_class
 from pipeline.resources import sql_text
 from pipeline.runs.context import RunContext, RunResult
 from pipeline.spark import on_databricks
@@ -176,9 +177,8 @@ class Checked:
     def line(self) -> str:
         if not self.failed:
             return f"checked {self.answers} structured answers: all fit the response schema"
-        classes = ", ".join(f"{name} {count}" for name, count in sorted(self.failed.items()))
         return (f"checked {self.answers} structured answers: {self.failed.total()} failed "
-                f"({classes})")
+                f"({by_class(self.failed)})")
 
 
 def fail_unusable(spark: SparkSession, table: str, run_id: str, endpoint: str,
