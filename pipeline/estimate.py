@@ -138,11 +138,11 @@ def _runs(spark: SparkSession, runs_table: str, endpoint: str) -> list[dict[str,
     return [r.asDict() for r in rows]
 
 
-def same_prompt(spec: PromptSpec, ctx: RunContext,
-                runs: list[dict[str, Any]]) -> dict[str, int]:
+def same_prompt(ctx: RunContext, runs: list[dict[str, Any]]) -> dict[str, int]:
     """{prompt_id: its max_tokens} of the runs that asked the same question as this one (the
     same prompt text, response schema file and caption field, not grouped) at any max_tokens;
     this run's own prompt_id always."""
+    spec = ctx.spec
     same = {ctx.prompt_id: spec.max_tokens}
     for run in runs:
         try:
@@ -164,7 +164,7 @@ def answer_lengths(captions: DataFrame, runs: list[dict[str, Any]], ctx: RunCont
     max_tokens): the complete answers asked one image a request with the endpoint's usage
     (a packed row's tokens are a share, not its answer's length), and those cut off at a
     max_tokens of at least `budget` (they needed more than it)."""
-    same = same_prompt(ctx.spec, ctx, runs)
+    same = same_prompt(ctx, runs)
     cut_at_least = [pid for pid, limit in same.items() if limit >= budget]
     tokens = F.col("completion_tokens")
     complete = ((F.col("status") == Status.OK.value) & (F.col("usage_source") == "endpoint")

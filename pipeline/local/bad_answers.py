@@ -15,6 +15,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.endpoint.packing import PACKED_FIELD
 from pipeline.endpoint.payloads import text_tokens
 from pipeline.local.faults import check_share, pick_share, uniform
 
@@ -122,14 +123,15 @@ def break_schema(content: str, schema: dict[str, Any], key: str, n: int,
 
 def _packed_entries(answer: dict[str, Any],
                     schema: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]] | None:
-    """(the entries, the schema of one) when `answer` is a packed answer to `schema`."""
-    for name, sub in (schema.get("properties") or {}).items():
-        items = sub.get("items") if isinstance(sub, dict) else None
-        entries = answer.get(name)
-        if (isinstance(items, dict) and "index" in (items.get("properties") or {})
-                and isinstance(entries, list) and entries
-                and all(isinstance(e, dict) for e in entries)):
-            return entries, items
+    """(the entries, the schema of one) when `answer` is a packed answer to `schema`: the
+    list under PACKED_FIELD that `packed_spec` asks for."""
+    listed = (schema.get("properties") or {}).get(PACKED_FIELD)
+    items = listed.get("items") if isinstance(listed, dict) else None
+    entries = answer.get(PACKED_FIELD)
+    if (isinstance(items, dict) and "index" in (items.get("properties") or {})
+            and isinstance(entries, list) and entries
+            and all(isinstance(e, dict) for e in entries)):
+        return entries, items
     return None
 
 
