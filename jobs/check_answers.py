@@ -32,8 +32,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from pipeline.cli import failure
 from pipeline.endpoint.schemas import schema_problem
-from pipeline.errors import RunError, UsageError, first_line
+from pipeline.errors import RunError, UsageError
 from pipeline.runs.sql import fail_unusable
 from pipeline.spark import get_spark
 from pipeline.tables import sink
@@ -91,17 +92,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise RunError(f"no captions table {args.table}")
         checked = fail_unusable(spark, tables.captions, args.run_id, args.endpoint, schema,
                                 args.caption_field)
-    except (UsageError, RunError) as exc:
-        return _fail(str(exc), exc.exit_code)
-    except Exception as exc:  # a Spark failure: its first line, not the stack trace
-        return _fail(f"{type(exc).__name__}: {first_line(exc)[:400]}", 1)
+    except Exception as exc:  # one line, as `vision-batch` ends (cli.failure)
+        message, code = failure(exc)
+        print(f"check_answers: error: {message}", file=sys.stderr)
+        return code
     print(f"run {args.run_id} in {args.table}: {checked.line()}")
     return 0
-
-
-def _fail(message: str, code: int) -> int:
-    print(f"check_answers: error: {message}", file=sys.stderr)
-    return code
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from pipeline import api, config, progress  # noqa: E402
 from pipeline.config import CALLERS, LOCAL_ENDPOINT, MODES, SESSIONS, ConfigError, RunConfig  # noqa: E402,E501
 from pipeline.endpoint.pacing import NAMES as LIMITS  # noqa: E402
 from pipeline.endpoint.pacing import UNITS, held_back  # noqa: E402
-from pipeline.errors import RunError, TooManyFailed, UsageError, first_line  # noqa: E402
+from pipeline.errors import TooManyFailed, VisionBatchError, first_line  # noqa: E402
 from pipeline.interrupts import Interrupted, Stop  # noqa: E402
 from pipeline.local import command as serve_local  # noqa: E402
 from pipeline.resources import samples_dir  # noqa: E402
@@ -191,16 +191,22 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except UsageError as exc:  # before Spark starts: nothing was created
-        return _fail(str(exc), exc.exit_code)
-    except RunError as exc:
-        return _fail(str(exc), exc.exit_code)
-    except Interrupted as exc:
-        return _fail(interrupted(exc), exc.exit_code)
-    except KeyboardInterrupt:
-        return _fail("interrupted", 130)
-    except Exception as exc:  # a Spark or JVM failure: its first line, not the stack trace
-        return _fail(f"{type(exc).__name__}: {first_line(exc)[:400]}{_full_output()}", 1)
+    except (Exception, KeyboardInterrupt) as exc:
+        message, code = failure(exc)
+        return _fail(message, code)
+
+
+def failure(exc: BaseException) -> tuple[str, int]:
+    """The one line and the exit code a command ends with when `exc` stops it (the job
+    scripts end the same way)."""
+    if isinstance(exc, VisionBatchError):  # a usage error came before Spark: nothing created
+        return str(exc), exc.exit_code
+    if isinstance(exc, Interrupted):
+        return interrupted(exc), exc.exit_code
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted", 130
+    # A Spark or JVM failure: its first line, not the stack trace, and where the rest is.
+    return f"{type(exc).__name__}: {first_line(exc)[:400]}{_full_output()}", 1
 
 
 def _full_output() -> str:
